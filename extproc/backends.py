@@ -1205,7 +1205,8 @@ def _answer_plan(
             request_id=ctx.request_id, created=created, bill_apart=from_provider
         )
         return ResponsePlan(completion, remove_headers=rewritten)
-    model = ctx.model or ""
+    # The name the client asked for (a model group's, not the member's that served).
+    model = ctx.asked_model or ""
     asked = bedrock_tier_asked(RouteApi.OPENAI_CHAT, ctx.body, ctx.request_headers)
     if streaming:
         events = openai_bedrock.StreamTranslator(
@@ -1249,7 +1250,7 @@ def _bedrock_embeddings_translator(
     token count is in the response headers, which only this phase sees: Cohere's bill,
     and Titan's when its body has no count or never comes (a cut answer)."""
     body = ctx.body or {}
-    model = ctx.model or ""
+    model = ctx.asked_model or ""
     base64_vectors = body.get("encoding_format") == "base64"
     if bedrock_cohere_embeddings.is_cohere_model(ctx.upstream_model or ""):
         return bedrock_cohere_embeddings.EmbeddingTranslator(
@@ -1269,7 +1270,7 @@ def _vertex_embeddings_translator(ctx: RequestContext) -> ResponseTranslator:
     """Vertex's ``:predict`` answer as OpenAI's list, one vector per text sent."""
     body = ctx.body or {}
     return vertex_embeddings.EmbeddingTranslator(
-        model=ctx.model or "",
+        model=ctx.asked_model or "",
         base64_vectors=body.get("encoding_format") == "base64",
         texts=vertex_embeddings.texts_sent(body),
     )

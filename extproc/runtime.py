@@ -429,12 +429,30 @@ class Runtime:
         """Whether a request skips the response-headers message (``response_path``)."""
         if self.guardrails.guards_answers(route.name):
             return False  # masking changes the body's length: its headers must be answered
+        group = self.groups.get(named_model) if named_model is not None else None
+        if group is not None:
+            # Any member may be drawn, each with its own provider and chain: the group's
+            # requests skip the headers' message only where every member's would.
+            return all(self._lean(route, member) for member in group.member_names)
+        return self._lean(route, named_model)
+
+    def _lean(self, route: Route, named_model: str | None) -> bool:
         if named_model is not None:
             # An alias takes its model's path (its failover chain included).
             named_model = self.canonical_model.get(named_model, named_model)
         return is_lean(
             self.config, route, named_model, self.lean_routes, self.resolve_upstream, self.failover
         )
+
+    def group_asked(self, group: str | None, model: str) -> str | None:
+        """``group`` (the model group a request asked for) when ``model`` is one of its
+        members, else None: the name by which a caller's key or access rules may allow
+        that member (``AccessPolicy.denial``'s ``canonical``) in a request for the group,
+        as for the member drawn. Never for a model outside the group (a member's own
+        fallback elsewhere): the group's name allows its members alone."""
+        if group is not None and model in self.group_members.get(group, ()):
+            return group
+        return None
 
     def resolve_upstream(self, model: str, route: Route) -> Upstream | None:
         """The upstream serving ``model`` on ``route``: by name or alias, by prefix, or by

@@ -28,6 +28,7 @@ from extproc.config.service_urls import checked_url
 from extproc.config.telemetry_model import LogConfig, TracingConfig
 from extproc.config.tls_model import ListenerTlsConfig, ManagementTlsConfig, ServerTlsConfig
 from extproc.event_loop import EventLoopKind
+from extproc.model_names import comparable
 
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
@@ -1015,17 +1016,25 @@ def _group_problems(config: GatewayConfig) -> Iterator[str]:
     one kind, and each group's name its own (no model, alias or other group has it)."""
     by_name = {m.name: m for m in config.models}
     alias_of = {alias: m.name for m in config.models for alias in m.aliases}
+    # Names as rules compare them (case, Vertex's `@`): a group `GPT-4o` beside a model
+    # `gpt-4o` would be one name to every access and quota rule naming either.
+    model_named = {comparable(m.name): m.name for m in config.models}
+    alias_named = {comparable(alias): name for alias, name in alias_of.items()}
     groups: dict[str, int] = {}
     for index, group in enumerate(config.model_groups):
         where = f"model_groups[{index}]"
-        if group.name in by_name:
-            yield f"{where}.name: {group.name!r} is already a model's name"
-        elif group.name in alias_of:
+        name_read = comparable(group.name)
+        if name_read in model_named:
+            yield (
+                f"{where}.name: {group.name!r} is already a model's name"
+                f" ({model_named[name_read]!r})"
+            )
+        elif name_read in alias_named:
             yield (
                 f"{where}.name: {group.name!r} is already an alias of model"
-                f" {alias_of[group.name]!r}"
+                f" {alias_named[name_read]!r}"
             )
-        other = groups.setdefault(group.name, index)
+        other = groups.setdefault(name_read, index)
         if other != index:
             yield f"{where}.name: {group.name!r} is already the name of model_groups[{other}]"
         seen: set[str] = set()

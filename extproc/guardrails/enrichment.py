@@ -33,7 +33,8 @@ def template_values(ctx: RequestContext) -> dict[str, str]:
         "group_id": identity.group_id or "",
         "api_key_id": identity.api_key_id or "",
         "route": ctx.route.name if ctx.route is not None else "",
-        "model": ctx.model or "",
+        # What the client asked for: a model group's name, not the member drawn.
+        "model": ctx.asked_model or "",
     }
 
 

@@ -260,7 +260,10 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
         # A route kept to one provider refuses another's models by name: not served
         # through its failover either.
         or (route.provider is not None and upstream.provider.name != route.provider)
-        or ctx.runtime.access.denial(ctx.identity, name, route.name) is not None
+        or ctx.runtime.access.denial(
+            ctx.identity, name, route.name, ctx.runtime.group_asked(ctx.model_group, name)
+        )
+        is not None
         or credentials_pending_for(upstream)
         # Last: the only check that reads the body, and the only one that logs.
         or not serves_body(ctx, name, upstream)

@@ -23,6 +23,7 @@ from extproc.backends import (
     BEDROCK_RUNTIME_APIS,
     RequestPlan,
     check_pair,
+    check_translation,
     client_asked_for_usage,
     plan_request,
     provider_api,
@@ -139,6 +140,11 @@ class ChatRequestStage:
         # Before the name is recorded anywhere (log, metadata, metrics, a 404's message).
         refuse_credential_in_model(ctx, model)
         ctx.model = asked = model
+        stream = streamed if in_path else parsed.get("stream", False)
+        if not isinstance(stream, bool) and stream is not None:
+            raise BadRequestError("'stream' must be a boolean", param="stream")
+        # Before a group's member is drawn: its translation check reads it.
+        ctx.stream = bool(stream)
         group = ctx.runtime.groups.get(model)
         if group is not None:
             # A model group's name: one member serves it, and the request is that
@@ -170,10 +176,6 @@ class ChatRequestStage:
             if member == INVOKE_MODEL and reads_as_claude(upstream.upstream_model, counted):
                 # Counted as InvokeModel's body, checked as it is: the guards read no other.
                 check_chat_messages(counted, limits.max_messages)
-        stream = streamed if in_path else parsed.get("stream", False)
-        if not isinstance(stream, bool) and stream is not None:
-            raise BadRequestError("'stream' must be a boolean", param="stream")
-        ctx.stream = bool(stream)
         confirm = ctx.lean_from_hints
         if confirm is not None and (
             (confirm.model is not None and confirm.model != asked)
@@ -210,8 +212,8 @@ def choose_member(
     """The member of ``group`` that serves this request: drawn at random by weight among
     the members the route can send it to (its provider), the caller may use (a key's
     ``allowed_models``, the access rules of the route) and whose provider can serve the
-    route's API and this body (``check_pair``), passing over those whose provider failed
-    lately (``model_groups.Balancer``).
+    route's API and this body (``backends.check_translation``), passing over those whose
+    provider failed lately (``model_groups.Balancer``).
 
     With none left the request is refused as a request for a single model would be that
     nothing serves on the route (404), that the caller may not use (403
@@ -244,8 +246,11 @@ def choose_member(
     refusal: BadRequestError | None = None
     for name, weight, upstream in allowed:
         try:
+            # The whole translation's refusals, not only the early ones (check_pair): a
+            # body one member's translation refuses ('n' for Claude, an image URL for
+            # Claude on Vertex) would otherwise get a 400 on some draws and not others.
             # ctx.model is still the group's name: a refusal names the group.
-            check_pair(ctx, parsed, upstream)
+            check_translation(ctx, parsed, upstream)
         except BadRequestError as refused:
             refusal = refusal or refused
             continue

@@ -621,7 +621,7 @@ def _unreadable_invoke_body(ctx: RequestContext, route: str) -> BadRequestError:
     Claude's alone: refused before the quota counts it rather than sent unguarded."""
     return BadRequestError(
         f"route '{route}' guards or enriches requests, which it can do for Claude's "
-        f"InvokeModel body only, not for model '{ctx.model}'; call converse for it",
+        f"InvokeModel body only, not for model '{ctx.asked_model}'; call converse for it",
         param="modelId",
         code="body_not_guarded",
     )

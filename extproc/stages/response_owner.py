@@ -43,6 +43,7 @@ from extproc.config.model import RouteApi
 from extproc.config.quota_model import StoreFailure
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import BadRequestError, ServiceUnavailableError
+from extproc.runtime import Upstream
 from extproc.stages.attempt import serves_request
 from extproc.stages.partial_usage import usage_if_ended_now
 from extproc.store.outage_log import OutageLog
@@ -131,23 +132,55 @@ def _to_member(ctx: RequestContext, primary: str, provider: str, counted: bool =
     one that answers the request's API (a count's: where its response is answered) and its
     caller may use."""
     member = ctx.runtime.failover.get(primary, {}).get(provider)
-    route = ctx.route
-    if member is None or route is None:
+    if member is None or not _may_serve(ctx, *member, counted):
         return False
-    name, upstream = member
+    _point_at(ctx, member[1])
+    return True
+
+
+def _to_group_member(ctx: RequestContext, provider: str) -> bool:
+    """For a request that asked for a model group: serve it by the group's member on
+    ``provider``, where the response it builds on is stored, when there is one its caller
+    may use that answers the request. The member drawn was chosen at random; the
+    conversation goes on where its provider keeps it."""
+    runtime = ctx.runtime
+    group = runtime.groups.get(ctx.model_group) if ctx.model_group is not None else None
+    route = ctx.route
+    if group is None or route is None:
+        return False
+    counted = route.api is RouteApi.OPENAI_RESPONSES_INPUT_TOKENS
+    for name in group.member_names:
+        upstream = runtime.resolve_upstream(name, route)
+        if upstream is None or upstream.provider.name != provider:
+            continue
+        if _may_serve(ctx, name, upstream, counted):
+            ctx.model = name
+            _point_at(ctx, upstream)
+            return True
+    return False
+
+
+def _may_serve(ctx: RequestContext, name: str, upstream: Upstream, counted: bool) -> bool:
+    """Whether model ``name`` answers the request's API (a count's: where its response is
+    answered) and its caller may use it."""
+    route = ctx.route
+    if route is None:
+        return False
     if counted:
         if not serves_client_api(RouteApi.OPENAI_RESPONSES, upstream):
             return False
     elif not serves_request(ctx, upstream):
         return False
-    if ctx.runtime.access.denial(ctx.identity, name, route.name) is not None:
-        return False
+    group = ctx.runtime.group_asked(ctx.model_group, name)
+    return ctx.runtime.access.denial(ctx.identity, name, route.name, group) is None
+
+
+def _point_at(ctx: RequestContext, upstream: Upstream) -> None:
     ctx.upstream = upstream
-    ctx.provider = provider
+    ctx.provider = upstream.provider.name
     ctx.provider_type = upstream.provider.type
     ctx.provider_api = provider_api(upstream)
     ctx.upstream_model = upstream.upstream_model
-    return True
 
 
 async def _check_owner(
@@ -192,12 +225,14 @@ async def _check_owner(
             if primary is not None
             else _count_at_fallback(ctx, found.provider)
         )
+        # A model group's request: its member on that provider, whichever was drawn.
+        and not _to_group_member(ctx, found.provider)
     ):
         # Another provider (account) has no such response: it would answer its own 404
         # after the quota counted the request. Said plainly instead, to its creator.
         raise BadRequestError(
             f"Previous response '{response_id}' is stored by provider '{found.provider}', "
-            f"and model '{ctx.model}' is served by provider '{ctx.provider}': continue it "
+            f"and model '{ctx.asked_model}' is served by provider '{ctx.provider}': continue it "
             "with a model of its own provider",
             param=_PARAM,
             code="previous_response_elsewhere",

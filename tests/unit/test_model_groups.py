@@ -21,8 +21,11 @@ from extproc.config.budget_prices import unpriced_budget_warnings
 from extproc.config.loader import ConfigError
 from extproc.envoy_failover import failover_cluster_name
 from extproc.model_groups import Balancer
-from extproc.runtime import Services
+from extproc.runtime import Runtime, Services
 from extproc.server import Gateway
+from extproc.store.connection import connect
+from extproc.store.embedded import EmbeddedValkey
+from extproc.store.response_owners import ResponseOwner, ResponseOwners
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     processor_for,
@@ -356,6 +359,11 @@ def test_the_group_name_is_an_admitted_metrics_label() -> None:
             "model_groups[0].name: 'gpt-east' is already a model's name",
         ),
         (
+            # As rules read names: one name to every rule naming either.
+            "  - {name: GPT-East, members: [{model: gpt-west}]}\n",
+            "model_groups[0].name: 'GPT-East' is already a model's name ('gpt-east')",
+        ),
+        (
             "  - {name: g, members: [{model: gpt-west}]}\n"
             "  - {name: g, members: [{model: gpt-east}]}\n",
             "model_groups[1].name: 'g' is already the name of model_groups[0]",
@@ -457,3 +465,78 @@ async def test_a_request_its_fallback_answered_cools_the_member_it_was_sent_to()
     clock.now += 10
     answer = await ask(services, chat("gpt-4o"), config)
     assert set_header(answer, headers.CLUSTER) == failover_cluster_name("gpt-east")
+
+
+# Found in review: what the request does once drawn must not depend on the draw.
+
+
+def posted(path: str, key: str, body: dict[str, Any]) -> list[Any]:
+    return [
+        request_headers(path, headers={"authorization": f"Bearer {key}"}),
+        request_body(orjson.dumps(body)),
+    ]
+
+
+WITH_FALLBACK = CONFIG.replace(
+    "  - {name: gpt-east, provider: east, upstream_model: gpt-4o, kind: chat}\n",
+    "  - {name: gpt-east, provider: east, upstream_model: gpt-4o, kind: chat,"
+    " fallbacks: [gpt-west]}\n",
+).replace("pricing:\n", "model_prefixes:\n  - {prefix: gpt-, provider: east}\npricing:\n")
+
+
+def test_a_group_reads_its_answers_headers_where_any_member_must() -> None:
+    # `gpt-` names east's models: the group's own name resolved to east without
+    # fallbacks, and its requests skipped the answer's headers, where gpt-east's chain
+    # must read them (which member answered: the log line, the price).
+    runtime = Runtime(parse_config(WITH_FALLBACK, "gateway.yaml", {}), services_with(Balancer()))
+    chat_route = runtime.routes.named("chat")
+    assert chat_route is not None
+    assert not runtime.lean_response(chat_route, "gpt-east")
+    assert not runtime.lean_response(chat_route, "gpt-4o")
+    # Members that are each lean keep their group lean.
+    runtime = Runtime(
+        parse_config(WITH_FALLBACK.replace(", fallbacks: [gpt-west]", ""), "gateway.yaml", {}),
+        services_with(Balancer()),
+    )
+    assert runtime.lean_response(chat_route, "gpt-4o")
+
+
+async def test_a_body_one_members_translation_refuses_goes_to_the_others() -> None:
+    # Claude takes one choice: `n: 2` goes to gpt-east whatever the draw says.
+    body = {"model": "mixed", "n": 2, "messages": [{"role": "user", "content": "hi"}]}
+    messages = posted("/v1/chat/completions", "team1-key", body)
+    services = services_with(Balancer(draw=Draws(0.0, 0.99)))
+    assert [served_by(await ask(services, messages)) for _ in range(2)] == ["east", "east"]
+
+
+async def test_a_key_allowed_the_group_keeps_its_members_failover() -> None:
+    # group-only-key may use gpt-west as a member of gpt-4o: gpt-east's chain keeps it.
+    answer = await ask(
+        services_with(Balancer(draw=Draws(0.0))), chat("gpt-4o", "group-only-key"), WITH_FALLBACK
+    )
+    assert set_header(answer, headers.CLUSTER) == failover_cluster_name("gpt-east")
+
+
+async def test_a_stored_response_continues_at_the_member_whose_provider_keeps_it(
+    quota_store: Any, valkey: EmbeddedValkey
+) -> None:
+    client = connect(valkey.url, 2.0)
+    owners = ResponseOwners(client, "test:", 30)
+    created = "resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b"
+    await owners.record(created, ResponseOwner("user:alice", "west", 10))
+    responses_route = "  - {name: responses, path: /v1/responses, api: openai_responses}\n"
+    config = CONFIG.replace("  - {name: models,", responses_route + "  - {name: models,")
+    services = services_with(Balancer(draw=Draws(0.0, 0.0)))  # gpt-east, twice
+    services.response_owners = owners
+    body = {"model": "gpt-4o", "input": "And then?", "previous_response_id": created}
+    try:
+        answer = await ask(services, posted("/v1/responses", "team1-key", body), config)
+        assert served_by(answer) == "west"
+        # A caller who may not use the member there is told where the response is.
+        await owners.record(created, ResponseOwner("user:bob", "east", 10))
+        answer = await ask(services, posted("/v1/responses", "team2-key", body), config)
+        status, refused = refusal(answer)
+        assert (status, refused["error"]["code"]) == (400, "previous_response_elsewhere")
+        assert "model 'gpt-4o'" in refused["error"]["message"]
+    finally:
+        await client.aclose()
