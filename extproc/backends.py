@@ -74,7 +74,14 @@ from weakref import WeakKeyDictionary
 
 import orjson
 
-from extproc import aws_eventstream, bedrock_count_tokens, gemini_api, images_api, openai_inputs
+from extproc import (
+    audio_api,
+    aws_eventstream,
+    bedrock_count_tokens,
+    gemini_api,
+    images_api,
+    openai_inputs,
+)
 from extproc.answer_encoding import BROKEN_STATUS, DecompressedAnswer, decoded, readable_encoding
 from extproc.answer_status import MAX_HTTP_STATUS, is_redirect
 from extproc.bedrock_invoke_bodies import (
@@ -127,6 +134,7 @@ from extproc.translators import (
     foreign_errors,
     gemini_gemini,
     openai_anthropic,
+    openai_audio,
     openai_bedrock,
     openai_bedrock_stream,
     openai_completions,
@@ -189,6 +197,10 @@ _ONLY_OPENAI = {
     RouteApi.OPENAI_IMAGES: (
         "Images API (/v1/images/generations, /v1/images/edits)",
         "only image models of OpenAI-compatible providers draw and edit there",
+    ),
+    RouteApi.OPENAI_AUDIO: (
+        "audio API (/v1/audio/transcriptions, /v1/audio/translations)",
+        "only transcription models of OpenAI-compatible providers transcribe there",
     ),
 }
 
@@ -274,6 +286,9 @@ def plan_request(
         if ctx.form is not None:
             return _edit_request(ctx, parsed, upstream, suffix)
         return _pass_through(ctx, parsed, upstream, images_api.GENERATIONS_ENDPOINT + suffix)
+    if route.api is RouteApi.OPENAI_AUDIO:
+        check_pair(ctx, parsed, upstream)
+        return _audio_request(ctx, parsed, upstream, suffix)
     if route.api is not RouteApi.OPENAI_CHAT:
         raise _unsupported(ctx, kind)
     ctx.client_wants_usage = client_asked_for_usage(ctx, parsed)
@@ -435,7 +450,7 @@ def serves_client_api(api: RouteApi, upstream: Upstream) -> bool:
         return True
     if api in (RouteApi.OPENAI_RESPONSES, RouteApi.OPENAI_RESPONSES_COMPACT):
         return kind is ProviderType.OPENAI
-    if api in (RouteApi.OPENAI_COMPLETIONS, RouteApi.OPENAI_IMAGES):
+    if api in (RouteApi.OPENAI_COMPLETIONS, RouteApi.OPENAI_IMAGES, RouteApi.OPENAI_AUDIO):
         return kind is ProviderType.OPENAI
     if api is RouteApi.OPENAI_EMBEDDINGS:
         if kind is ProviderType.VERTEX:
@@ -651,6 +666,47 @@ def _edit_request(
         ctx.form.with_fields(changed),
         upstream.provider.path_prefix + images_api.EDITS_ENDPOINT + suffix,
         _credentials(upstream),
+    )
+
+
+def _audio_request(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, suffix: str
+) -> RequestPlan:
+    """A speech-to-text form, as the client sent it, to the provider's endpoint with the
+    provider's credential: only the fields the gateway changes are spliced in (the
+    provider's name for the model, a prompt a guard masked, and the response format that
+    carries the bill, ``audio_api.provider_format``); the audio is never re-encoded."""
+    assert ctx.form is not None
+    changed = {"model": upstream.upstream_model}
+    prompt = parsed.get("prompt")
+    if isinstance(prompt, str):
+        changed["prompt"] = prompt
+    asked = audio_api.provider_format(ctx.path, parsed)
+    if asked != audio_api.client_format(parsed) or "response_format" in parsed:
+        changed["response_format"] = asked
+    return RequestPlan(
+        ctx.form.with_fields(changed),
+        upstream.provider.path_prefix + audio_api.upstream_path(ctx.path) + suffix,
+        _credentials(upstream),
+    )
+
+
+def _audio_answer_plan(ctx: RequestContext, streaming: bool, content_type: str) -> ResponsePlan:
+    """A speech-to-text answer: a stream's done event read; a JSON answer's usage read and,
+    where the client asked for another format than the provider was, that one rendered
+    from it (``translators.openai_audio``). An answer in another format than JSON (a
+    provider that ignored the format asked) passes as it came, charged the estimate."""
+    if streaming:
+        return ResponsePlan(openai_audio.TranscriptEventReader(), streamed=True)
+    body = ctx.body or {}
+    asked = audio_api.client_format(body)
+    if "json" not in content_type or asked == audio_api.provider_format(ctx.path, body):
+        return ResponsePlan(openai_audio.TranscriptionReader())
+    shown = "application/json" if asked == audio_api.JSON else openai_audio.TEXT_CONTENT_TYPE
+    return ResponsePlan(
+        openai_audio.TranscriptionReader(asked),
+        set_headers={"content-type": shown},
+        remove_headers=["content-length"],
     )
 
 
@@ -1130,6 +1186,8 @@ def _answer_plan(
             )
             return ResponsePlan(pictures, streamed=True)
         return ResponsePlan(openai_images.ImagesReader())
+    if route.api is RouteApi.OPENAI_AUDIO:
+        return _audio_answer_plan(ctx, streaming, content_type)
     if route.api is RouteApi.BEDROCK_CONVERSE:
         asked = bedrock_tier_asked(route.api, ctx.body, ctx.request_headers)
         if streaming:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from extproc import anthropic_models
 from extproc.answer_status import no_answer
+from extproc.audio_api import audio_prompt_tokens
+from extproc.audio_api import estimate_prompt_tokens as estimate_audio_prompt
 from extproc.bedrock_invoke_bodies import estimate_prompt_tokens as estimate_invoke_body
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import estimate_prompt as estimate_completions_prompt
@@ -63,6 +65,7 @@ _PROMPT_ESTIMATES: dict[RouteApi, Callable[[dict[str, Any]], int]] = {
     RouteApi.OPENAI_RESPONSES: estimate_responses_tokens,
     RouteApi.OPENAI_COMPLETIONS: estimate_completions_prompt,
     RouteApi.OPENAI_IMAGES: estimate_images_prompt,
+    RouteApi.OPENAI_AUDIO: estimate_audio_prompt,
     RouteApi.OPENAI_RESPONSES_COMPACT: estimate_responses_tokens,
     RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: estimate_responses_tokens,
     RouteApi.BEDROCK_CONVERSE: estimate_converse_tokens,
@@ -169,6 +172,11 @@ class Usage:
     # than tokens (Vertex's text embeddings: metadata.billableCharacterCount); None: it
     # reported none.
     billable_characters: int | None = None
+    # The seconds of audio the provider billed by duration (whisper-1's usage ``seconds``,
+    # a verbose_json answer's ``duration``); counted in prompt_tokens and audio_tokens as
+    # ten tokens a second (audio_api), billed by the model's per-minute price when it has
+    # one. None: not billed by duration.
+    audio_seconds: float | None = None
     # The counts of the request's sampling steps before its answer, each on its own
     # (Anthropic's compaction steps, usage.iterations); part of the counts above. The
     # long-context price is judged on each step's own prompt, not on their sum.
@@ -505,7 +513,14 @@ class RequestContext:
                     # Another family's body: its text, wherever the family puts it.
                     estimate = estimate_invoke_body
             self.prompt_estimate = estimate(self.body or {}) + self.stored_context_tokens
-            if self.form is not None:
+            if (
+                self.form is not None
+                and self.route is not None
+                and (self.route.api is RouteApi.OPENAI_AUDIO)
+            ):
+                # The audio's tokens, estimated from the file's size (audio_api).
+                self.prompt_estimate += audio_prompt_tokens(self.form)
+            elif self.form is not None:
                 # An image edit's pictures are input tokens too.
                 self.prompt_estimate += input_image_tokens(self.form, self.body or {})
         return self.prompt_estimate

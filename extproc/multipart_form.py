@@ -36,6 +36,8 @@ MAX_TEXT_FIELD_BYTES = 256 * 1024
 # parser some microseconds of Python on the event loop: a megabyte of tiny parts would
 # hold it for a third of a second. A form of more parts is refused as soon as it shows.
 MAX_PARTS = 64
+# An array field's name ends so: its parts repeat it, one value each.
+_ARRAY_SUFFIX = "[]"
 # The most characters of a client's header or field name an error message quotes.
 _MAX_QUOTED = 64
 # python-multipart logs each malformed form at WARNING, with the parser's words: the
@@ -267,6 +269,11 @@ def _form(
                     end,
                 )
             )
+            continue
+        if name in fields and name.endswith(_ARRAY_SUFFIX):
+            # An array field, one part per value (the audio API's
+            # ``timestamp_granularities[]``, ``include[]``): sent on as they came; the
+            # gateway reads and changes none of them, and keeps the first.
             continue
         if name in fields:
             # Which one would the provider read? Refused rather than guessed.

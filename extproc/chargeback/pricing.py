@@ -140,6 +140,9 @@ class TokenPrices:
     image_cached_input: int | None = None
     # Picodollars per prompt character, for a model billed by characters; None: by tokens.
     input_per_character: int | None = None
+    # Picodollars per minute of audio, for a model billed by duration (whisper-1); None:
+    # its audio is billed by its tokens.
+    audio_input_per_minute: int | None = None
 
     def at_tier(self, service_tier: str | None) -> TokenPrices:
         """The prices of the tier the provider served at: its own entry, else these
@@ -184,6 +187,11 @@ def _per_token(price: Decimal) -> int:
 def _per_character(price_per_thousand: Decimal | None) -> int | None:
     # USD per thousand characters -> picodollars per character (10**12 / 10**3).
     return None if price_per_thousand is None else _per_request(price_per_thousand)
+
+
+def _per_minute(price: Decimal | None) -> int | None:
+    # USD per minute -> picodollars per minute.
+    return None if price is None else int(price * 10**12)
 
 
 def _per_request(price_per_thousand: Decimal) -> int:
@@ -260,6 +268,7 @@ def _token_prices(
         image_input=_per_token(price.image_input),
         image_cached_input=_per_token(price.image_cached_input),
         input_per_character=_per_character(price.input_per_thousand_characters),
+        audio_input_per_minute=_per_minute(price.audio_input_per_minute),
     )
 
 
@@ -357,6 +366,12 @@ def _parted_token_cost(usage: Usage, prices: TokenPrices) -> int:
     if prices.input_per_character is not None and characters is not None:
         # Billed by the characters the provider counted (Vertex's embeddings), not tokens.
         prompt = max(characters, 0) * prices.input_per_character
+    seconds = usage.audio_seconds
+    if prices.audio_input_per_minute is not None and seconds is not None:
+        # Billed by the seconds of audio the provider counted (whisper-1), not by the
+        # tokens they are counted as: to the millisecond, rounded to the picodollar.
+        millis = round(max(seconds, 0.0) * 1000)
+        prompt += -audio * audio_price + (millis * prices.audio_input_per_minute + 30_000) // 60_000
     # The audio part of the completion (OpenAI's audio models, Gemini's TTS), within it.
     audio_output = _part(usage.audio_output_tokens, usage.completion_tokens)
     audio_output_price = prices.output if prices.audio_output is None else prices.audio_output

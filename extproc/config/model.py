@@ -285,6 +285,10 @@ class ModelKind(StrEnum):
     # Pictures only (a GPT Image model): the Images API's routes alone. It does not fail
     # over (docs/providers.md#images-api), so such a model takes no fallbacks.
     IMAGES = "images"
+    # Speech to text only (whisper-1, gpt-4o-transcribe): the audio API's routes alone.
+    # It does not fail over (its form cannot be re-made by a failover attempt), so such
+    # a model takes no fallbacks.
+    TRANSCRIPTION = "transcription"
 
 
 class ModelConfig(_Section):
@@ -362,6 +366,12 @@ class RouteApi(StrEnum):
     # input, the pictures' tokens at the image price). Variations are refused on its
     # routes (extproc.images_api).
     OPENAI_IMAGES = "openai_images"
+    # OpenAI's speech to text (/v1/audio/transcriptions and /v1/audio/translations: a
+    # multipart/form-data form of an audio file in, its text out): passed through to
+    # OpenAI-compatible providers, billed by its usage (audio and text input tokens and
+    # output tokens, or whisper-1's seconds of audio). Text-to-speech is not served
+    # (extproc.audio_api).
+    OPENAI_AUDIO = "openai_audio"
     # The Responses API's compaction (/v1/responses/compact): a Responses input in, the
     # window to carry on out (its user messages and one encrypted compaction item). It
     # generates, so it is billed by its usage; it does not stream. OpenAI-compatible
@@ -426,6 +436,7 @@ ROUTE_MODEL_KIND = {
     RouteApi.BEDROCK_COUNT_TOKENS: ModelKind.CHAT,
     RouteApi.OPENAI_EMBEDDINGS: ModelKind.EMBEDDINGS,
     RouteApi.OPENAI_IMAGES: ModelKind.IMAGES,
+    RouteApi.OPENAI_AUDIO: ModelKind.TRANSCRIPTION,
     RouteApi.OPENAI_RESPONSES: ModelKind.CHAT,
     # A chat model served by an OpenAI-compatible server (vLLM, llama.cpp) completes
     # prompts too: the config has no kind of its own for completion models.
@@ -468,7 +479,12 @@ ANTHROPIC_VERTEX_APIS = {
 # The client APIs whose bodies carry no chat messages for enrichment to add to (Gemini's
 # contents take them: guardrails.enrichment).
 _WITHOUT_MESSAGES = frozenset(
-    {RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_COMPLETIONS, RouteApi.OPENAI_IMAGES}
+    {
+        RouteApi.OPENAI_EMBEDDINGS,
+        RouteApi.OPENAI_COMPLETIONS,
+        RouteApi.OPENAI_IMAGES,
+        RouteApi.OPENAI_AUDIO,
+    }
 )
 
 # A DNS name, or a wildcard for every name under one (``*.gateway.local``); no port.
@@ -763,6 +779,44 @@ def _prefixed_routes(
     )
 
 
+# The body limit of the audio routes: OpenAI takes audio files of up to 25 MB; 26 MiB
+# holds such a file (25 MB is 23.8 MiB) and its form's text fields with room to spare.
+AUDIO_MAX_REQUEST_BODY_BYTES = 26 * 1_048_576
+
+
+def _audio_routes() -> tuple[RouteConfig, ...]:
+    """The speech-to-text routes: transcriptions and translations at /v1/audio, and under
+    /openai/v1 and /openai for an SDK based there, each taking an audio file's form."""
+    routes = []
+    for endpoint in ("transcriptions", "translations"):
+        for name, base in (
+            ("openai", "/v1"),
+            ("openai-prefix", "/openai/v1"),
+            ("openai-bare-prefix", "/openai"),
+        ):
+            routes.append(
+                RouteConfig(
+                    name=f"{name}-audio-{endpoint}",
+                    path=f"{base}/audio/{endpoint}",
+                    api=RouteApi.OPENAI_AUDIO,
+                    max_request_body_bytes=AUDIO_MAX_REQUEST_BODY_BYTES,
+                )
+            )
+    # Every other path under them (text-to-speech, /audio/speech): refused with a 400
+    # naming what is served (the exact paths above win over these prefixes).
+    for name, base in (
+        ("openai", "/v1"),
+        ("openai-prefix", "/openai/v1"),
+        ("openai-bare-prefix", "/openai"),
+    ):
+        routes.append(
+            RouteConfig(
+                name=f"{name}-audio", path_prefix=f"{base}/audio", api=RouteApi.OPENAI_AUDIO
+            )
+        )
+    return tuple(routes)
+
+
 def _default_routes() -> tuple[RouteConfig, ...]:
     return (
         RouteConfig(name="openai-chat", path="/v1/chat/completions"),
@@ -796,6 +850,8 @@ def _default_routes() -> tuple[RouteConfig, ...]:
             path_prefix="/openai/images",
             api=RouteApi.OPENAI_IMAGES,
         ),
+        # Speech to text: an audio file of up to 25 MB in a form (extproc.audio_api).
+        *_audio_routes(),
         # Every other path under /v1/responses: a stored response by its id (the exact
         # paths above win over this prefix).
         RouteConfig(
@@ -999,6 +1055,13 @@ def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
         chain = [model.provider, *(by_name[name].provider for name in model.fallbacks)]
         if len(set(chain)) != len(chain):
             yield f"models[{index}].fallbacks: each fallback must be on another provider"
+        if model.kind is ModelKind.TRANSCRIPTION and model.fallbacks:
+            yield (
+                f"models[{index}].fallbacks: {model.name!r} is a transcription model, and"
+                " the audio API does not fail over (its form cannot be re-made by a"
+                " failover attempt): its requests go to its own provider alone; remove"
+                " its fallbacks"
+            )
         if model.kind is ModelKind.IMAGES and model.fallbacks:
             # Served as written, they were never used: an operator counting on them found
             # out when the provider failed (config.image_fallbacks warns of a model

@@ -171,8 +171,14 @@ class PerTokenPrice(_Section):
     # answer reports (billableCharacterCount), and by its tokens at input_per_million when
     # it reports none. Default: none, the prompt is billed by its tokens.
     input_per_thousand_characters: Price | None = None
+    # USD per minute of audio, for a model its provider bills by the audio's duration
+    # (OpenAI's whisper-1: 0.006): a speech-to-text answer that reports seconds (usage
+    # type duration, a verbose_json's duration) has its audio billed by them, to the
+    # millisecond, instead of its tokens (the ten a second audio_api counts). Default:
+    # none, billed by those tokens at the audio input price.
+    audio_input_per_minute: Price | None = None
 
-    @field_validator(*_TOKEN_PRICE_KEYS, "input_per_thousand_characters")
+    @field_validator(*_TOKEN_PRICE_KEYS, "input_per_thousand_characters", "audio_input_per_minute")
     @classmethod
     def _six_decimals(cls, value: Decimal | None) -> Decimal | None:
         return None if value is None else _exact(value)

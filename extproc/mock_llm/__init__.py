@@ -57,6 +57,7 @@ import orjson
 from aiohttp import web
 
 from extproc.mock_llm.anthropic_api import AnthropicEndpoints
+from extproc.mock_llm.audio_api import AudioEndpoint
 from extproc.mock_llm.bedrock_api import DEFAULT_MODELS as DEFAULT_BEDROCK_MODELS
 from extproc.mock_llm.bedrock_api import BedrockEndpoints, SigV4Verifier
 from extproc.mock_llm.completions_api import CompletionsEndpoint
@@ -240,6 +241,7 @@ class _MockApp:
         )
         self.compact = CompactEndpoints(default_fault=default_fault, store=stored_responses)
         self.images = ImagesEndpoint(default_fault=default_fault)
+        self.audio = AudioEndpoint(default_fault=default_fault)
         self.embeddings = EmbeddingsEndpoint(default_fault=default_fault)
         self.completions = CompletionsEndpoint(
             chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
@@ -303,6 +305,10 @@ class _MockApp:
             return {"POST": self.images.generate}
         if path.endswith("/images/edits"):
             return {"POST": self.images.edit}
+        if path.endswith("/audio/transcriptions"):
+            return {"POST": self.audio.transcribe}
+        if path.endswith("/audio/translations"):
+            return {"POST": self.audio.translate}
         if path.endswith("/invoke"):
             return {"POST": self.bedrock.invoke}
         if path.endswith("/invoke-with-response-stream"):

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from extproc import gemini_api, headers, vertex_client_api
+from extproc.audio_api import audio_body
 from extproc.backends import (
     BEDROCK_RUNTIME_APIS,
     RequestPlan,
@@ -112,7 +113,11 @@ class ChatRequestStage:
             # translation, the answer's reading, telemetry) serves it as that API's.
             vertex_call = vertex_client_api.read_path(ctx.path)
             route = ctx.route = vertex_client_api.anthropic_route(route)
-        if route.api is RouteApi.OPENAI_IMAGES and is_edit(ctx.path):
+        if route.api is RouteApi.OPENAI_AUDIO:
+            # An audio file's form: its text fields read, the audio left where it lies.
+            ctx.form = read_form(body, ctx.request_headers.get("content-type"))
+            parsed = audio_body(ctx.form, ctx.path)
+        elif route.api is RouteApi.OPENAI_IMAGES and is_edit(ctx.path):
             # A form, not JSON: its text fields read, its files left where they lie.
             ctx.form = read_form(body, ctx.request_headers.get("content-type"))
             parsed = edit_body(ctx.form)
@@ -321,6 +326,7 @@ _KIND_ENDPOINT = {
     ModelKind.CHAT: "/v1/chat/completions",
     ModelKind.EMBEDDINGS: "/v1/embeddings",
     ModelKind.IMAGES: "/v1/images/generations",
+    ModelKind.TRANSCRIPTION: "/v1/audio/transcriptions",
 }
 
 

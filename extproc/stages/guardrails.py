@@ -715,7 +715,7 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
     if api in RESPONSES_REQUESTS:
         found = metadata.openai_slots(body) + definitions.responses_slots(body)
         return found + responses_request_slots(body), None
-    if api in (RouteApi.OPENAI_COMPLETIONS, RouteApi.OPENAI_IMAGES):
+    if api in (RouteApi.OPENAI_COMPLETIONS, RouteApi.OPENAI_IMAGES, RouteApi.OPENAI_AUDIO):
         # An image generation's text is its ``prompt`` string, as a text completion's.
         return metadata.openai_slots(body) + completion_request_slots(body), None
     if api in GEMINI_APIS:
@@ -766,6 +766,8 @@ def _request_images(ctx: RequestContext) -> list[Image]:
     reads images (``guardrails.moderated_images``)."""
     assert ctx.body is not None and ctx.route is not None
     api, body = ctx.route.api, ctx.body
+    if api is RouteApi.OPENAI_AUDIO:
+        return []  # an audio file: no picture
     if ctx.form is not None:
         return edit_images(ctx.form)  # an image edit's pictures, from its form
     if api in RESPONSES_REQUESTS:
@@ -914,6 +916,12 @@ def _enrich(ctx: RequestContext, guards: RouteGuards) -> None:
     ctx.body_changed = True
 
 
+# The client APIs whose answers response guards do not read.
+_UNGUARDED_ANSWERS = frozenset(
+    {RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_IMAGES, RouteApi.OPENAI_AUDIO}
+)
+
+
 class GuardResponseStage:
     """Runs after ResponseStage in the same phases (see the module docstring)."""
 
@@ -923,10 +931,10 @@ class GuardResponseStage:
         route = ctx.route
         if route is None or not ctx.accounted or ctx.response_status >= 300:
             return
-        if route.api in (RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_IMAGES) or (
-            route.api in TOKEN_COUNT_APIS
-        ):
-            return  # vectors, pictures, a count: no text to guard
+        if route.api in _UNGUARDED_ANSWERS or route.api in TOKEN_COUNT_APIS:
+            # Vectors, pictures, a count: no text to guard; a transcript (in text, srt or
+            # vtt as often as JSON) is not read by response guards either.
+            return
         guards = ctx.runtime.guardrails.for_route(route.name)
         if guards is None or guards.response.empty:
             return

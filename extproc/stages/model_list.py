@@ -37,6 +37,7 @@ _USING_APIS = frozenset(
         RouteApi.OPENAI_COMPLETIONS,
         RouteApi.OPENAI_RESPONSES_COMPACT,
         RouteApi.OPENAI_IMAGES,
+        RouteApi.OPENAI_AUDIO,
     }
 )
 # The client APIs served by one provider type only (nothing translates to them).
@@ -46,6 +47,7 @@ _ONLY_PROVIDER = {
     RouteApi.OPENAI_COMPLETIONS: ProviderType.OPENAI,
     RouteApi.OPENAI_RESPONSES_COMPACT: ProviderType.OPENAI,
     RouteApi.OPENAI_IMAGES: ProviderType.OPENAI,
+    RouteApi.OPENAI_AUDIO: ProviderType.OPENAI,
 }
 
 # A path may be as long as Envoy's header limit: the error echoes no more than this.

@@ -22,6 +22,7 @@ from collections.abc import Awaitable
 from extproc import bedrock_invoke_bodies as invoke_bodies
 from extproc import converse_api, gemini_api
 from extproc.answer_status import no_answer
+from extproc.audio_api import transcript_allowance
 from extproc.backends import ANTHROPIC_APIS, serves_invoke_body
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.chargeback.pricing import failover_members, request_cost
@@ -364,6 +365,8 @@ def reserved_completion(ctx: RequestContext, member: Upstream | None = None) -> 
         return 0
     if route is not None and route.api is RouteApi.OPENAI_IMAGES:
         return picture_allowance(ctx.body)  # n pictures at their quality and size
+    if route is not None and route.api is RouteApi.OPENAI_AUDIO:
+        return transcript_allowance(ctx.form)  # the transcript of the audio's estimate
     default_max_tokens = ctx.runtime.config.quotas.default_max_tokens
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
         budget = thinking_budget(converse_fields(ctx.body))
@@ -589,6 +592,9 @@ def _least_completion(ctx: RequestContext) -> int:
     if route is not None and route.api is RouteApi.OPENAI_IMAGES and ctx.body is not None:
         # Nothing bounds a picture's tokens: room for all of them, or a 429.
         return picture_allowance(ctx.body)
+    if route is not None and route.api is RouteApi.OPENAI_AUDIO:
+        # Nothing bounds a transcript: room for the audio's estimate, or a 429.
+        return transcript_allowance(ctx.form)
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
         if converse_api.is_prompt(ctx.upstream_model or ""):
             # A prompt of Prompt management takes no inferenceConfig (Bedrock refuses
@@ -731,6 +737,8 @@ def _allowance_fields(ctx: RequestContext) -> tuple[str, ...]:
         return COMPLETIONS_ALLOWANCE_FIELDS
     if route is not None and route.api is RouteApi.OPENAI_IMAGES:
         return ()  # none: a picture's tokens are its quality's and size's
+    if route is not None and route.api is RouteApi.OPENAI_AUDIO:
+        return ()  # none: a transcript is as long as the audio's speech
     return CHAT_ALLOWANCE_FIELDS
 
 

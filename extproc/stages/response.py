@@ -257,6 +257,8 @@ _TERMINAL_EVENT_APIS = frozenset(
         RouteApi.BEDROCK_INVOKE,
         RouteApi.GEMINI_GENERATE_CONTENT,
         RouteApi.OPENAI_IMAGES,
+        # A transcription's stream ends with transcript.text.done.
+        RouteApi.OPENAI_AUDIO,
     }
 )
 # What is kept of what was sent, so a marker split over two chunks counts: one byte

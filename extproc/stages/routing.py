@@ -26,7 +26,7 @@ import uuid
 from dataclasses import replace
 from functools import lru_cache
 
-from extproc import headers, vertex_client_api
+from extproc import audio_api, headers, vertex_client_api
 from extproc.agents.directory import AGENT_APIS
 from extproc.config.model import RouteApi
 from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
@@ -119,6 +119,9 @@ class RoutingStage:
         if route.api is RouteApi.OPENAI_IMAGES:
             # Variations (and unknown paths) are refused before their body is read.
             refuse_unserved_path(path, prefix_route=route.prefix is not None)
+        if route.api is RouteApi.OPENAI_AUDIO:
+            # Text-to-speech, or another path under a prefix route: refused at once.
+            audio_api.refuse_unserved_path(path)
         ctx.accounted = True
         # The gateway reads the answer (usage, translation, guards): it must come
         # uncompressed, whatever the client's SDK accepts (httpx asks for gzip).

@@ -140,6 +140,20 @@ IMAGES_FIELDS: list[FieldPath] = [
     ("model",), ("prompt",), ("n",), ("quality",), ("size",), ("stream",),
     ("partial_images",), ("user",),
 ]  # fmt: skip
+# Speech to text takes a multipart/form-data form, not JSON: a body holding ``_FORM`` is
+# written as one (``_encoded``), each field a text part (a value that is no string as its
+# JSON), beside the audio in ``file``.
+_FORM = "\x00form"
+FORM_BOUNDARY = "fuzzform"
+AUDIO = {_FORM: True, "model": "whisper-1", "response_format": "text"}
+AUDIO_FIELDS: list[FieldPath] = [
+    ("model",), ("file",), ("prompt",), ("response_format",), ("stream",), ("language",),
+    ("temperature",), ("timestamp_granularities[]",), ("include[]",),
+]  # fmt: skip
+FORM_HEADERS = {
+    "authorization": f"Bearer {CLIENT_KEY}",
+    "content-type": f"multipart/form-data; boundary={FORM_BOUNDARY}",
+}
 EMBEDDINGS_FIELDS: list[FieldPath] = [
     ("model",), ("input",), ("dimensions",), ("encoding_format",), ("input_type",), ("user",),
 ]  # fmt: skip
@@ -225,6 +239,7 @@ SHAPES: dict[str, Shape] = {
     ),
     "completions": Shape("/v1/completions", COMPLETIONS, COMPLETIONS_FIELDS, "openai"),
     "images": Shape("/v1/images/generations", IMAGES, IMAGES_FIELDS, "openai"),
+    "audio": Shape("/v1/audio/transcriptions", AUDIO, AUDIO_FIELDS, "openai", FORM_HEADERS),
     "embeddings openai": Shape(
         "/v1/embeddings",
         {"model": "text-embedding-3-small", "input": "hi"},
@@ -382,7 +397,19 @@ def _broken(body: dict[str, Any], where: FieldPath, value: Any) -> bytes:
 
 def _encoded(body: dict[str, Any]) -> bytes:
     """``body`` as JSON (an integer past 64 bits as its digits, as a client may send it);
-    CountTokens' InvokeModel body base64-encoded in it, as Bedrock takes it."""
+    CountTokens' InvokeModel body base64-encoded in it, as Bedrock takes it; a form's
+    fields (``_FORM``) as a multipart/form-data form with its audio file."""
+    if body.pop(_FORM, False):
+        parts = [
+            f'--{FORM_BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+            f"{value if isinstance(value, str) else json.dumps(value)}\r\n"
+            for name, value in body.items()
+        ]
+        audio = (
+            f'--{FORM_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+            'filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\nRIFF\x00\x01\r\n'
+        )
+        return ("".join(parts) + audio + f"--{FORM_BOUNDARY}--\r\n").encode()
     inner = (
         body.get("input", {}).get("invokeModel") if isinstance(body.get("input"), dict) else None
     )
@@ -595,6 +622,7 @@ SHAPE_OF_API = {
     RouteApi.OPENAI_CHAT: "chat to openai",
     RouteApi.OPENAI_COMPLETIONS: "completions",
     RouteApi.OPENAI_IMAGES: "images",
+    RouteApi.OPENAI_AUDIO: "audio",
     RouteApi.OPENAI_EMBEDDINGS: "embeddings openai",
     RouteApi.OPENAI_RESPONSES: "responses",
     RouteApi.OPENAI_RESPONSES_COMPACT: "responses compact",

@@ -93,17 +93,29 @@ def test_a_route_without_a_limit_of_its_own_takes_the_global_one() -> None:
     assert config.largest_request_body_bytes() == IMAGES_LIMIT
 
 
-def test_the_default_config_takes_large_pictures_on_the_edit_routes_alone() -> None:
-    """Edits (multipart forms of pictures) take 64 MiB; generations are JSON and keep the
-    1 MiB every other route keeps. Before, the Images API's prefix routes took 64 MiB
-    for both."""
+def test_the_default_config_takes_large_forms_on_the_edit_and_audio_routes_alone() -> None:
+    """Edits (multipart forms of pictures) take 64 MiB, transcriptions and translations
+    (forms of an audio file of up to 25 MB) 26 MiB; generations are JSON and keep the
+    1 MiB every other route keeps, the audio prefix routes (which refuse text-to-speech)
+    included. Before, the Images API's prefix routes took 64 MiB for both."""
     config = parse_config(Path("config/gateway.yaml").read_text(), "gateway.yaml", {})
     large = {r.name: r.path for r in config.routes if config.request_body_limit(r) > MIB}
+    audio = {
+        f"{name}-audio-{endpoint}": f"{base}/audio/{endpoint}"
+        for endpoint in ("transcriptions", "translations")
+        for name, base in (
+            ("openai", "/v1"),
+            ("openai-prefix", "/openai/v1"),
+            ("openai-bare-prefix", "/openai"),
+        )
+    }
     assert large == {
         "openai-image-edits": "/v1/images/edits",
         "openai-prefix-image-edits": "/openai/v1/images/edits",
         "openai-bare-prefix-image-edits": "/openai/images/edits",
+        **audio,
     }
+    assert {config.request_body_limit(r) for r in config.routes if r.name in audio} == {26 * MIB}
     assert config.limits.max_request_body_bytes == MIB
 
 
