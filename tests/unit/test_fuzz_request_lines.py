@@ -128,7 +128,8 @@ async def _play(
     pairs: Headers, end_of_stream: bool, body: bytes, route: Route | None
 ) -> list[ext.ProcessingResponse]:
     """Play one request; every message answered, a refusal clean and last (the model
-    list, which the gateway answers itself, a 200 with its JSON)."""
+    list and the caller's own limits, which the gateway answers itself, a 200 with their
+    JSON)."""
     LOG.buffer.seek(0)
     LOG.buffer.truncate()
     messages = [_headers_message(pairs, end_of_stream)]
@@ -140,8 +141,12 @@ async def _play(
         assert not answer.HasField("immediate_response")
     last = answers[-1].immediate_response
     if answers[-1].HasField("immediate_response") and last.status.code == 200:
-        assert route is not None and route.api == "openai_models"
+        assert route is not None and route.api in ("openai_models", "aigw_limits")
         listed = orjson.loads(last.body)
+        if route.api == "aigw_limits":
+            # GET /aigw/v1/limits: the caller's own limits (stages.limits_view).
+            assert isinstance(listed, dict), listed
+            return answers
         # An Anthropic client (one that sends anthropic-version) gets Anthropic's page.
         if any(key == "anthropic-version" for key, _ in pairs):
             assert isinstance(listed["data"], list) and isinstance(listed["has_more"], bool)
