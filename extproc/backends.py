@@ -682,7 +682,7 @@ def _audio_request(
     if isinstance(prompt, str):
         changed["prompt"] = prompt
     asked = audio_api.provider_format(ctx.path, parsed)
-    if asked != audio_api.client_format(parsed) or "response_format" in parsed:
+    if asked != audio_api.client_format(parsed):
         changed["response_format"] = asked
     return RequestPlan(
         ctx.form.with_fields(changed),

@@ -513,11 +513,8 @@ class RequestContext:
                     # Another family's body: its text, wherever the family puts it.
                     estimate = estimate_invoke_body
             self.prompt_estimate = estimate(self.body or {}) + self.stored_context_tokens
-            if (
-                self.form is not None
-                and self.route is not None
-                and (self.route.api is RouteApi.OPENAI_AUDIO)
-            ):
+            audio = self.route is not None and self.route.api is RouteApi.OPENAI_AUDIO
+            if self.form is not None and audio:
                 # The audio's tokens, estimated from the file's size (audio_api).
                 self.prompt_estimate += audio_prompt_tokens(self.form)
             elif self.form is not None:

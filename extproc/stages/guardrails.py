@@ -716,7 +716,8 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
         found = metadata.openai_slots(body) + definitions.responses_slots(body)
         return found + responses_request_slots(body), None
     if api in (RouteApi.OPENAI_COMPLETIONS, RouteApi.OPENAI_IMAGES, RouteApi.OPENAI_AUDIO):
-        # An image generation's text is its ``prompt`` string, as a text completion's.
+        # An image generation's text is its ``prompt`` string, as a text completion's; so
+        # is a transcription's or translation's (the text that guides the model).
         return metadata.openai_slots(body) + completion_request_slots(body), None
     if api in GEMINI_APIS:
         # A count's text reaches the model as the request it counts would.

@@ -31,7 +31,8 @@ from extproc.testing import (
 from extproc.translators.openai_audio import rendered, usage_from_audio
 from tests.unit.sse_play import only_line
 from tests.unit.test_accounting_review_streams import OPENAI_KEY, SSE, sample
-from tests.unit.test_guard_flow import immediate
+from tests.unit.guard_helpers import config_with
+from tests.unit.test_guard_flow import WORKSHOP, Gateway, immediate
 
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 TRANSLATIONS = "/v1/audio/translations"
@@ -443,3 +444,20 @@ async def test_array_fields_may_repeat_and_go_on_as_sent(
     twice = body.replace(b'name="response_format"', b'name="model"')
     status, error = await refused(processor, twice, sent)
     assert (status, error["code"]) == (400, "invalid_multipart")
+
+
+async def test_the_prompt_is_guarded_and_a_masked_one_spliced_into_the_form() -> None:
+    """The ``prompt`` field (text that guides the model) is read by request guards as an
+    image edit's is; a masked one goes on spliced into the form, the audio intact."""
+    gateway = Gateway(
+        config_with(WORKSHOP, {"openai-audio-transcriptions": {"guardrails": "workshop"}})
+    )
+    body, sent = form(prompt="Names: bob@example.com.", response_format="text")
+    answers = await run_stream(
+        gateway.processor, [request_headers(TRANSCRIPTIONS, headers=sent), request_body(body)]
+    )
+    upstream = answers[-1].request_body.response.body_mutation.body
+    sent_on = read_form(upstream, sent["content-type"])
+    assert "bob@example.com" not in sent_on.fields["prompt"]
+    assert sent_on.fields["response_format"] == "json"
+    assert upstream[sent_on.files[0].start : sent_on.files[0].end] == AUDIO
