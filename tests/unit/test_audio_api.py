@@ -29,9 +29,9 @@ from extproc.testing import (
     run_stream,
 )
 from extproc.translators.openai_audio import rendered, usage_from_audio
+from tests.unit.guard_helpers import config_with
 from tests.unit.sse_play import only_line
 from tests.unit.test_accounting_review_streams import OPENAI_KEY, SSE, sample
-from tests.unit.guard_helpers import config_with
 from tests.unit.test_guard_flow import WORKSHOP, Gateway, immediate
 
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
