@@ -17,6 +17,7 @@ Anything that is not a well-formed form is a ``BadRequestError`` (400,
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -42,6 +43,9 @@ _ARRAY_SUFFIX = "[]"
 _MAX_QUOTED = 64
 # python-multipart logs each malformed form at WARNING, with the parser's words: the
 # client's 400 says what is wrong, and a stranger's junk form is no operator's concern.
+# A Content-Disposition's field name parameter (`name=`, RFC 2231's `name*=`), not
+# `filename=`: more than one is a form two readers read two ways.
+_NAME_PARAMETER = re.compile(r";\s*name\*?\s*=", re.IGNORECASE)
 _QUIET = logging.getLogger(__name__ + ".parser")
 _QUIET.disabled = True
 _QUIET.propagate = False
@@ -136,6 +140,10 @@ class _TooManyPartsError(Exception):
     """Raised from a callback to stop the parser at the part past ``MAX_PARTS``."""
 
 
+class _RepeatedHeaderError(Exception):
+    """Raised from a callback at a part's header given twice (its name the message)."""
+
+
 class _PartCollector:
     """python-multipart's callbacks: each part's headers and data offsets."""
 
@@ -163,6 +171,11 @@ class _PartCollector:
 
     def on_header_end(self) -> None:
         name = self._header_name.decode("latin-1").strip().lower()
+        if name in self._headers:
+            # Two Content-Dispositions (or types) of one part: this reader keeps one, a
+            # provider's reader may keep the other, and read another field or model
+            # than the one checked here.
+            raise _RepeatedHeaderError(name)
         self._headers[name] = self._header_value.decode("latin-1").strip()
         self._header_name = self._header_value = b""
 
@@ -204,6 +217,11 @@ def read_form(body: bytes, content_type: str | None) -> MultipartForm:
     try:
         parser.write(body)
         parser.finalize()
+    except _RepeatedHeaderError as repeated:
+        raise BadRequestError(
+            f"a part of the form has its {shown(str(repeated))} header twice; send each once",
+            code=INVALID_MULTIPART,
+        ) from None
     except _TooManyPartsError:
         raise BadRequestError(
             f"the form has more than {MAX_PARTS} parts; an image edit has a few text "
@@ -250,6 +268,13 @@ def _form(
         disposition = part_headers.get("content-disposition")
         kind, options = parse_options_header(disposition) if disposition else (b"", {})
         name_bytes = options.get(b"name")
+        if disposition and len(_NAME_PARAMETER.findall(disposition)) > 1:
+            # name=a; name=b (or name*=): readers differ on which one names the field.
+            raise BadRequestError(
+                f"part {index} of the form names its field more than once in its "
+                "Content-Disposition; name it once",
+                code=INVALID_MULTIPART,
+            )
         if kind != b"form-data" or name_bytes is None:
             raise BadRequestError(
                 f"part {index} of the form has no 'Content-Disposition: form-data; "

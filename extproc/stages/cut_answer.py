@@ -111,7 +111,7 @@ from extproc.errors import response_too_large
 from extproc.images_api import input_image_tokens, picture_allowance
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.runtime import Upstream
-from extproc.stages.quota import reserved_completion, tool_picture
+from extproc.stages.quota import audio_prompt_usage, reserved_completion, tool_picture
 from extproc.translators.anthropic_anthropic import ServerToolTally
 from extproc.translators.base import counted_prompt
 from extproc.translators.generated_text import generated_chars
@@ -139,6 +139,10 @@ _GENERATES = frozenset(
         # OpenAI bills the pictures of an image generation it started (its allowance: the
         # pictures' tokens at their quality and size, images_api.picture_allowance).
         RouteApi.OPENAI_IMAGES,
+        # OpenAI bills a transcription it made whether or not its answer reached the
+        # client or carried a count (its allowance: the transcript of the audio's
+        # estimate, audio_api.transcript_allowance).
+        RouteApi.OPENAI_AUDIO,
     }
 )
 # The client APIs whose requests a provider bills by their tokens.
@@ -213,6 +217,11 @@ def charge_whole_answer(ctx: RequestContext, answer: Any) -> None:
     if ctx.route is not None and ctx.route.api is RouteApi.OPENAI_IMAGES:
         # Its pictures, which carry no text to count: the allowance of those it holds.
         completion = _pictures_allowance(ctx, answer)
+    elif ctx.route is not None and ctx.route.api is RouteApi.OPENAI_AUDIO:
+        # The transcript alone (a verbose_json's segments repeat it; a text or subtitle
+        # answer a provider sent whatever the format asked is all transcript).
+        characters = getattr(ctx.translator, "transcript_chars", 0)
+        completion = -(-characters // CHARS_PER_TOKEN)
     elif answer is not None and ctx.route is not None and ctx.route.api in _GENERATES:
         # Re-serialised only on this rare path, to read it as a stream's text is read.
         characters = generated_chars(orjson.dumps(answer))
@@ -364,6 +373,9 @@ def charged_prompt(ctx: RequestContext) -> Usage:
     if counted is not None:
         return counted
     prompt = ctx.estimated_prompt_tokens()
+    audio = audio_prompt_usage(ctx, prompt)
+    if audio is not None:
+        return audio
     # An image edit's estimate holds its pictures' input tokens (``input_image_tokens``):
     # billed at the image input price, as the provider's count of them would be.
     pictures = input_image_tokens(ctx.form, ctx.body or {}) if ctx.form is not None else 0

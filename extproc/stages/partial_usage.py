@@ -85,6 +85,8 @@ from extproc.translators.openai_image_usage import with_image_generation
 from extproc.translators.openai_responses import pictures_begun, server_tool_calls_counted
 from extproc.translators.sse import MAX_EVENT_BYTES
 
+_DELTA_APIS = frozenset({RouteApi.OPENAI_RESPONSES, RouteApi.OPENAI_AUDIO})
+
 
 class PartialUsageStage:
     def response_body(
@@ -93,8 +95,10 @@ class PartialUsageStage:
         if ctx.stream and ctx.accounted and not no_answer(ctx.response_status):
             if _unwrapped_chars(ctx) is not None:
                 return  # the provider's bytes hide the text: the translator counts it
-            responses = ctx.route is not None and ctx.route.api is RouteApi.OPENAI_RESPONSES
-            count = responses_delta_chars if responses else generated_chars
+            # The Responses API's and a transcription's text is in their events' deltas
+            # (a done event repeats it whole, with the count that settles the stream).
+            deltas = ctx.route is not None and ctx.route.api in _DELTA_APIS
+            count = responses_delta_chars if deltas else generated_chars
             ctx.generated_chars += count(_whole_lines(ctx, chunk, end_of_stream))
 
     def done(self, ctx: RequestContext) -> None:

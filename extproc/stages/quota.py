@@ -18,11 +18,12 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable
+from dataclasses import replace
 
 from extproc import bedrock_invoke_bodies as invoke_bodies
 from extproc import converse_api, gemini_api
 from extproc.answer_status import no_answer
-from extproc.audio_api import transcript_allowance
+from extproc.audio_api import audio_prompt_tokens, estimated_seconds, transcript_allowance
 from extproc.backends import ANTHROPIC_APIS, serves_invoke_body
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.chargeback.pricing import failover_members, request_cost
@@ -30,7 +31,7 @@ from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FI
 from extproc.completions_api import completion_allowance as text_completion_allowance
 from extproc.completions_api import generated_choices
 from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, ProviderType, RouteApi
-from extproc.context import PhaseOutput, RequestContext
+from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.errors import (
     GatewayError,
     RateLimitError,
@@ -305,10 +306,29 @@ def estimated_usd_micros(ctx: RequestContext, prompt: int, completion: int) -> i
     are reserved."""
     models = {ctx.model, *failover_members(ctx)} if ctx.failover_model else {ctx.model}
     table = ctx.runtime.prices
+    audio = audio_prompt_usage(ctx, prompt)
+    if audio is not None:
+        # Speech to text (which never fails over): the audio at its own price, whisper-1's
+        # by the minute, as its bill will be, not at the text input price.
+        usage = replace(audio, completion_tokens=completion, total_tokens=prompt + completion)
+        return usd_micros(table.cost(ctx.model, usage).picousd)
     priced = [prices for model in models if (prices := table.prices(model)) is not None]
     if not priced:
         return 0
     return usd_micros(max(prompt * each.input + completion * each.output for each in priced))
+
+
+def audio_prompt_usage(ctx: RequestContext, prompt: int) -> Usage | None:
+    """A speech-to-text request's ``prompt`` estimate as a usage to price: the audio's
+    part of it (from the file's size, ``audio_api``) as audio tokens and seconds, so that
+    it is priced as the provider's report of it would be (audio tokens at the audio
+    input price, whisper-1's seconds by the minute); None for any other request."""
+    route = ctx.route
+    if route is None or route.api is not RouteApi.OPENAI_AUDIO or ctx.form is None:
+        return None
+    seconds = estimated_seconds(ctx.form)
+    audio = min(audio_prompt_tokens(ctx.form), prompt)
+    return Usage(prompt, 0, prompt, audio_tokens=audio, audio_seconds=float(seconds))
 
 
 def usd_micros(picousd: int) -> int:

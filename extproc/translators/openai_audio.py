@@ -148,6 +148,10 @@ class TranscriptionReader(BufferedBodyReader):
     def __init__(self, render: str | None = None) -> None:
         super().__init__()
         self._render = render
+        # The transcript's characters: what an answer without a count is charged for
+        # (``cut_answer``): its ``text``, or the whole body of an answer that is no JSON
+        # (a provider that answered text or subtitles whatever format it was asked).
+        self.transcript_chars = 0
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         self._parts.append(chunk)
@@ -158,9 +162,12 @@ class TranscriptionReader(BufferedBodyReader):
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
+            self.transcript_chars = len(body.decode(errors="replace"))
             return None
         if not isinstance(parsed, dict):
             return None
+        text = parsed.get("text")
+        self.transcript_chars = len(text) if isinstance(text, str) else 0
         self.answer = parsed
         self.usage = usage_from_audio(parsed)
         if self._render is None:

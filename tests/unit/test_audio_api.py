@@ -18,15 +18,19 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import audio_api, headers
+from extproc.config import GatewayConfig
+from extproc.context import RequestContext
 from extproc.multipart_form import read_form
 from extproc.processor import Processor
-from extproc.runtime import Services
+from extproc.runtime import Runtime, Services
+from extproc.stages.quota import estimated_usd_micros
 from extproc.testing import (
     request_body,
     request_headers,
     response_body,
     response_headers,
     run_stream,
+    run_stream_reset,
 )
 from extproc.translators.openai_audio import rendered, usage_from_audio
 from tests.unit.guard_helpers import config_with
@@ -461,3 +465,106 @@ async def test_the_prompt_is_guarded_and_a_masked_one_spliced_into_the_form() ->
     assert "bob@example.com" not in sent_on.fields["prompt"]
     assert sent_on.fields["response_format"] == "json"
     assert upstream[sent_on.files[0].start : sent_on.files[0].end] == AUDIO
+
+
+# --- answers without a count: billed all the same (found in review) -----------------------
+
+# The quota's estimate of AUDIO: three seconds, thirty audio tokens, twelve of transcript.
+ESTIMATED_AUDIO, ALLOWANCE = 30, 12
+
+
+def estimated(line: dict[str, Any]) -> tuple[int, int, int]:
+    assert line["usage_estimated"] is True and line["usage_reported"] is False
+    return line["prompt_tokens"], line["prompt_audio_tokens"], line["completion_tokens"]
+
+
+async def test_a_json_answer_without_usage_is_charged_its_audio_and_transcript(
+    processor: Processor, services: Services
+) -> None:
+    # What many OpenAI-compatible servers answer: the text, no usage.
+    body, sent = form(response_format="text")
+    await send(processor, body, sent, orjson.dumps({"text": TEXT}))
+    line = only_line(services)
+    transcript = -(-len(TEXT) // 4)
+    assert estimated(line) == (ESTIMATED_AUDIO, ESTIMATED_AUDIO, transcript)
+    # The audio at the audio input price, not the text one.
+    assert cost(line) == (ESTIMATED_AUDIO * AUDIO_IN + transcript * OUT) / 10**6
+
+
+async def test_an_answer_in_another_format_than_asked_is_charged_by_the_minute(
+    processor: Processor, services: Services
+) -> None:
+    # whisper-1 behind a server that answers text whatever format it was asked.
+    body, sent = form(model="whisper-1", response_format="text")
+    plain = {"content-type": "text/plain; charset=utf-8"}
+    await send(processor, body, sent, TEXT.encode() + b"\n", answer_headers=plain)
+    line = only_line(services)
+    assert estimated(line)[:2] == (ESTIMATED_AUDIO, ESTIMATED_AUDIO)
+    assert cost(line) == PER_MINUTE * 3 / 60
+
+
+async def test_a_client_that_hangs_up_before_the_answer_is_charged_the_reservation(
+    processor: Processor, services: Services
+) -> None:
+    # A long recording, a client's short timeout: the provider transcribes it all the same.
+    body, sent = form()
+    await run_stream_reset(
+        processor, [request_headers(TRANSCRIPTIONS, headers=sent), request_body(body)]
+    )
+    line = only_line(services)
+    assert estimated(line) == (ESTIMATED_AUDIO, ESTIMATED_AUDIO, ALLOWANCE)
+    assert cost(line) == (ESTIMATED_AUDIO * AUDIO_IN + ALLOWANCE * OUT) / 10**6
+
+
+async def test_a_cut_stream_is_charged_its_audio_and_the_text_it_carried(
+    processor: Processor, services: Services
+) -> None:
+    body, sent = form(stream="true")
+    deltas = [{"type": "transcript.text.delta", "delta": "We ship on Friday. " * 10}] * 2
+    stream = b"".join(b"data: " + orjson.dumps(d) + b"\n\n" for d in deltas)
+    await send(processor, body, sent, stream, answer_headers=SSE)
+    line = only_line(services)
+    transcript = -(-(2 * len("We ship on Friday. " * 10)) // 4)
+    assert estimated(line) == (ESTIMATED_AUDIO, ESTIMATED_AUDIO, transcript)
+    assert cost(line) == (ESTIMATED_AUDIO * AUDIO_IN + transcript * OUT) / 10**6
+
+
+@pytest.mark.parametrize(
+    ("model", "micros"),
+    [
+        # 30 audio tokens at $6 per million and 12 of transcript at $10: 180 + 120.
+        ("gpt-4o-transcribe", 300),
+        # Three seconds at $0.006 a minute; whisper-1 writes no billed tokens.
+        ("whisper-1", 300),
+    ],
+)
+def test_a_budget_reserves_the_audio_at_its_own_price(
+    config: GatewayConfig, services: Services, model: str, micros: int
+) -> None:
+    body, sent = form(model=model)
+    ctx = RequestContext(runtime=Runtime(config, services))
+    ctx.route = ctx.runtime.routes.named("openai-audio-transcriptions")
+    ctx.model = model
+    ctx.form = read_form(body, sent["content-type"])
+    assert estimated_usd_micros(ctx, ESTIMATED_AUDIO, ALLOWANCE) == micros
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        # Two headers: this reader kept the last, a Go server's the first.
+        b'Content-Disposition: form-data; name="model"\r\nContent-Disposition: form-data; name="x"',
+        # Two names in one header: the same, within it.
+        b'Content-Disposition: form-data; name="model"; name="x"',
+    ],
+)
+async def test_a_part_naming_its_field_two_ways_is_refused(
+    processor: Processor, services: Services, disposition: bytes
+) -> None:
+    # A hidden model a provider could read where the gateway checked whisper-1's access.
+    body, sent = form(model="whisper-1")
+    boundary = sent["content-type"].split("boundary=")[1].encode()
+    hidden = b"--" + boundary + b"\r\n" + disposition + b"\r\n\r\ngpt-4o-transcribe\r\n"
+    status, error = await refused(processor, hidden + body, sent)
+    assert (status, error["code"]) == (400, "invalid_multipart")
+    assert only_line(services)["model"] is None
