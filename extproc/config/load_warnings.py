@@ -5,7 +5,8 @@ Each kind has its own module: rules naming no model the gateway knows
 (``rule_models``), moderation thresholds naming no category (``moderation_categories``),
 an image model's fallbacks the Images API does not use (``image_fallbacks``), an admin
 token others could guess (``admin_token_strength``), a budget in dollars over models
-without a price (``budget_prices``).
+without a price (``budget_prices``), a price given under a model group's name
+(``group_prices``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 
 from extproc.config.admin_token_strength import weak_admin_token_warnings
 from extproc.config.budget_prices import unpriced_budget_warnings
+from extproc.config.group_prices import group_price_warnings
 from extproc.config.image_fallbacks import image_fallback_warnings
 from extproc.config.model import GatewayConfig
 from extproc.config.moderation_categories import threshold_warnings
@@ -32,6 +34,7 @@ def config_warnings(config: GatewayConfig) -> list[str]:
         *image_fallback_warnings(config),
         *weak_admin_token_warnings(config),
         *unpriced_budget_warnings(config),
+        *group_price_warnings(config),
     ]
     # Shapes too (errors.without_secrets): a model name holds no `***` to keep.
     return [without_secrets(line, config.secrets_read) for line in found]

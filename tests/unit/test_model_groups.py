@@ -18,6 +18,7 @@ from prometheus_client import generate_latest
 from extproc import headers
 from extproc.config import parse_config
 from extproc.config.budget_prices import unpriced_budget_warnings
+from extproc.config.load_warnings import config_warnings
 from extproc.config.loader import ConfigError
 from extproc.envoy_failover import failover_cluster_name
 from extproc.model_groups import Balancer
@@ -540,3 +541,15 @@ async def test_a_stored_response_continues_at_the_member_whose_provider_keeps_it
         assert "model 'gpt-4o'" in refused["error"]["message"]
     finally:
         await client.aclose()
+
+
+def test_a_price_under_the_groups_name_is_warned_of() -> None:
+    # Billed at the member's prices: one under the group's name prices nothing.
+    text = CONFIG.replace(
+        "pricing:\n  models:\n",
+        "pricing:\n  models:\n    MIXED: {input_per_million: 1.0, output_per_million: 1.0}\n",
+    )
+    [warning] = config_warnings(parse_config(text, "gateway.yaml", {}))
+    assert warning.startswith("pricing.models.MIXED: prices model group 'mixed'")
+    assert "price its members (gpt-east, claude-a)" in warning
+    assert config_warnings(parse_config(CONFIG, "gateway.yaml", {})) == []
