@@ -64,6 +64,14 @@ class Candidate:
     provider: str
 
 
+@dataclass(frozen=True, slots=True)
+class Draw:
+    """The member drawn, and those passed over as cooling down."""
+
+    chosen: Candidate
+    passed_over: tuple[Candidate, ...]
+
+
 class Balancer:
     """Draws group members and remembers which providers failed lately, per process.
 
@@ -88,14 +96,15 @@ class Balancer:
         failed = self._failed.get(provider)
         return failed is not None and self._clock() - failed < cooldown_s
 
-    def choose(self, candidates: Sequence[Candidate], cooldown_s: float) -> Candidate:
+    def choose(self, candidates: Sequence[Candidate], cooldown_s: float) -> Draw:
         """One of ``candidates`` (not empty), at random by weight, among those whose
         provider is not cooling down; among all of them when every one is."""
         warm = [each for each in candidates if not self.cooling(each.provider, cooldown_s)]
         pool = warm or list(candidates)
+        passed_over = tuple(each for each in candidates if each not in pool)
         point = self._draw() * sum(each.weight for each in pool)
         for each in pool:
             point -= each.weight
             if point < 0:
-                return each
-        return pool[-1]  # a draw of 1.0 (or a float's rounding)
+                return Draw(each, passed_over)
+        return Draw(pool[-1], passed_over)  # a draw of 1.0 (or a float's rounding)

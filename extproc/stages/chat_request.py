@@ -263,7 +263,11 @@ def choose_member(
     if not able:
         assert refusal is not None
         raise refusal
-    return runtime.services.balancer.choose(able, group.cooldown_s).model
+    draw = runtime.services.balancer.choose(able, group.cooldown_s)
+    for cooling in draw.passed_over:
+        # How often a provider's failure moved its group's traffic elsewhere.
+        runtime.services.metrics.group_member_passed_over(group.name, cooling.provider)
+    return draw.chosen.model
 
 
 class UpstreamRequestStage:

@@ -342,6 +342,13 @@ class GatewayMetrics:
             ("model", "to_model"),
             registry=self.registry,
         )
+        self.group_passed_over = Counter(
+            "aigw_model_group_passed_over",
+            "Requests for a model group drawn among its other members because its member on"
+            " this provider was cooling down after the provider failed",
+            ("model", "provider"),
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             "aigw_rate_limited",
             "Requests refused by a quota or rate limit, by rule and subject kind",
@@ -625,6 +632,9 @@ class GatewayMetrics:
     def log_lines_lost(self, sink: str, reason: str, count: int) -> None:
         """Count request log lines ``sink`` lost (called from its writer thread too)."""
         self.request_log_lost.labels(sink, reason).inc(count)
+
+    def group_member_passed_over(self, group: str, provider: str) -> None:
+        self._child(self.group_passed_over, group, provider).inc()
 
     def failover(self, model: str, to_model: str) -> None:
         self._child(self.failovers, model, to_model).inc()

@@ -280,6 +280,15 @@ async def test_a_failed_member_is_passed_over_for_its_cooldown_then_drawn_again(
     clock.now += 11
     await run_stream(processor, [*chat("gpt-4o"), response_headers(400), response_body(b"{}")])
     assert served_by(await ask(services, chat("gpt-4o"))) == "east"
+    # Each request that went elsewhere for it is counted, under the group and the provider.
+    assert passed_over(services, "east") == 3
+
+
+def passed_over(services: Services, provider: str) -> float:
+    value = services.metrics.registry.get_sample_value(
+        "aigw_model_group_passed_over_total", {"model": "gpt-4o", "provider": provider}
+    )
+    return value or 0.0
 
 
 async def test_when_every_member_is_cooling_all_are_drawn_by_weight() -> None:
@@ -290,6 +299,8 @@ async def test_when_every_member_is_cooling_all_are_drawn_by_weight() -> None:
     services = services_with(balancer)
     assert served_by(await ask(services, chat("gpt-4o"))) == "east"
     assert served_by(await ask(services, chat("gpt-4o"))) == "west"
+    # None was passed over: none went elsewhere for it.
+    assert passed_over(services, "east") == passed_over(services, "west") == 0
 
 
 async def test_a_cooldown_of_0_never_passes_a_member_over() -> None:
