@@ -51,8 +51,9 @@ the rate above, and the transcript it may write, ``COMPLETION_TOKENS_PER_SECOND`
 tokens per second (fast speech is about 3 words a second). The answer's usage settles
 both.
 
-Text-to-speech (``/v1/audio/speech``) is not served: it has no route, and under a
-prefix route naming ``openai_audio`` it is refused with a 400 (``refuse_unserved_path``).
+Text-to-speech (``/v1/audio/speech``) is served on the same routes: its JSON body,
+billing and quota are ``speech_api``'s. Any other path under a prefix route naming
+``openai_audio`` is refused with a 404 (``refuse_unserved_path``).
 """
 
 from __future__ import annotations
@@ -61,12 +62,12 @@ from typing import Any
 
 from extproc.errors import BadRequestError, NotFoundError
 from extproc.multipart_form import INVALID_MULTIPART, FormFile, MultipartForm, shown
+from extproc.speech_api import SPEECH, characters
 
 # Under the provider's API path (``/v1`` for OpenAI).
 TRANSCRIPTIONS = "transcriptions"
 TRANSLATIONS = "translations"
-_SERVED = (TRANSCRIPTIONS, TRANSLATIONS)
-_SPEECH = "speech"
+_SERVED = (TRANSCRIPTIONS, TRANSLATIONS, SPEECH)
 # The form's one file field: the audio.
 FILE_FIELD = "file"
 # The formats OpenAI answers in.
@@ -98,22 +99,14 @@ def upstream_path(path: str) -> str:
 
 
 def refuse_unserved_path(path: str) -> None:
-    """Refuse an audio path the gateway does not serve: text-to-speech with a 400 naming
-    what is served, any other path with a 404."""
-    last = endpoint_of(path)
-    if last in _SERVED:
+    """Refuse an audio path the gateway does not serve with a 404 naming what is."""
+    if endpoint_of(path) in _SERVED:
         return
     shown_path = path.partition("?")[0]
-    if last == _SPEECH:
-        raise BadRequestError(
-            f"text-to-speech (POST {shown_path}) is not served by this gateway; it serves "
-            "speech to text: transcriptions (POST /v1/audio/transcriptions) and "
-            "translations (POST /v1/audio/translations)",
-            code="unsupported_endpoint",
-        )
     raise NotFoundError(
         f"no audio endpoint at {shown_path}; transcriptions are served at "
-        "/v1/audio/transcriptions and translations at /v1/audio/translations",
+        "/v1/audio/transcriptions, translations at /v1/audio/translations and "
+        "text-to-speech at /v1/audio/speech",
         code="route_not_found",
     )
 
@@ -199,7 +192,10 @@ def estimated_seconds(form: MultipartForm) -> int:
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     """The text prompt's tokens (one per four characters); the audio's are added from
-    the form (``audio_prompt_tokens``)."""
+    the form (``audio_prompt_tokens``). Text-to-speech's: one per character of its
+    ``input``, as tts-1 and tts-1-hd are billed (``speech_api``)."""
+    if "input" in body:
+        return characters(body)
     prompt = body.get("prompt")
     text = prompt if isinstance(prompt, str) else ""
     return -(-len(text) // _CHARS_PER_TOKEN)

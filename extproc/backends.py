@@ -81,6 +81,7 @@ from extproc import (
     gemini_api,
     images_api,
     openai_inputs,
+    speech_api,
 )
 from extproc.answer_encoding import BROKEN_STATUS, DecompressedAnswer, decoded, readable_encoding
 from extproc.answer_status import MAX_HTTP_STATUS, is_redirect
@@ -157,6 +158,7 @@ from extproc.translators.cache_breakpoints import check_cache_controls
 from extproc.translators.generated_text import generated_chars, responses_delta_chars
 from extproc.translators.openai_chat_extras import VERTEX_WEB_SEARCH_BETA, searches_the_web
 from extproc.translators.openai_image_usage import tool_model, tool_picture_allowance
+from extproc.translators.openai_speech import SpeechAudioReader
 from extproc.translators.response_formats import schema_to_hold
 
 SSE = "text/event-stream"
@@ -199,8 +201,8 @@ _ONLY_OPENAI = {
         "only image models of OpenAI-compatible providers draw and edit there",
     ),
     RouteApi.OPENAI_AUDIO: (
-        "audio API (/v1/audio/transcriptions, /v1/audio/translations)",
-        "only transcription models of OpenAI-compatible providers transcribe there",
+        "audio API (/v1/audio/transcriptions, /v1/audio/translations, /v1/audio/speech)",
+        "only transcription and speech models of OpenAI-compatible providers are served there",
     ),
 }
 
@@ -288,6 +290,9 @@ def plan_request(
         return _pass_through(ctx, parsed, upstream, images_api.GENERATIONS_ENDPOINT + suffix)
     if route.api is RouteApi.OPENAI_AUDIO:
         check_pair(ctx, parsed, upstream)
+        if ctx.form is None:
+            # Text-to-speech: JSON, as it came, under the provider's name for the model.
+            return _pass_through(ctx, parsed, upstream, audio_api.upstream_path(ctx.path) + suffix)
         return _audio_request(ctx, parsed, upstream, suffix)
     if route.api is not RouteApi.OPENAI_CHAT:
         raise _unsupported(ctx, kind)
@@ -696,9 +701,13 @@ def _audio_answer_plan(ctx: RequestContext, streaming: bool, content_type: str) 
     where the client asked for another format than the provider was, that one rendered
     from it (``translators.openai_audio``). An answer in another format than JSON (a
     provider that ignored the format asked) passes as it came, charged the estimate."""
+    body = ctx.body or {}
+    if ctx.form is None:
+        # Text-to-speech: the audio's bytes, passed on as they come, billed per
+        # character of the request's input (translators.openai_speech).
+        return ResponsePlan(SpeechAudioReader(speech_api.characters(body)), streamed=True)
     if streaming:
         return ResponsePlan(openai_audio.TranscriptEventReader(), streamed=True)
-    body = ctx.body or {}
     asked = audio_api.client_format(body)
     if "json" not in content_type or asked == audio_api.provider_format(ctx.path, body):
         return ResponsePlan(openai_audio.TranscriptionReader())

@@ -289,6 +289,9 @@ class ModelKind(StrEnum):
     # It does not fail over (its form cannot be re-made by a failover attempt), so such
     # a model takes no fallbacks.
     TRANSCRIPTION = "transcription"
+    # Text to speech only (tts-1, tts-1-hd): /v1/audio/speech on the audio API's routes
+    # alone. It does not fail over either, so such a model takes no fallbacks.
+    SPEECH = "speech"
 
 
 class ModelConfig(_Section):
@@ -369,8 +372,9 @@ class RouteApi(StrEnum):
     # OpenAI's speech to text (/v1/audio/transcriptions and /v1/audio/translations: a
     # multipart/form-data form of an audio file in, its text out): passed through to
     # OpenAI-compatible providers, billed by its usage (audio and text input tokens and
-    # output tokens, or whisper-1's seconds of audio). Text-to-speech is not served
-    # (extproc.audio_api).
+    # output tokens, or whisper-1's seconds of audio), and text to speech
+    # (/v1/audio/speech: JSON text in, audio out, billed per character of its input:
+    # extproc.speech_api).
     OPENAI_AUDIO = "openai_audio"
     # The Responses API's compaction (/v1/responses/compact): a Responses input in, the
     # window to carry on out (its user messages and one encrypted compaction item). It
@@ -451,6 +455,19 @@ ROUTE_MODEL_KIND = {
 
 # The client APIs that count a prompt's tokens: they generate nothing, so they are never
 # billed and reserve no quota tokens (one request for request-rate limits).
+# The kinds of model an audio route serves, by its path: speech to text, and text to
+# speech at /v1/audio/speech.
+AUDIO_MODEL_KINDS = frozenset({ModelKind.TRANSCRIPTION, ModelKind.SPEECH})
+
+
+def route_takes_kind(api: RouteApi, kind: ModelKind) -> bool:
+    """Whether a route of ``api`` serves a model of ``kind`` at some path of its."""
+    if api is RouteApi.OPENAI_AUDIO:
+        return kind in AUDIO_MODEL_KINDS
+    return kind is ROUTE_MODEL_KIND.get(api)
+
+
+# The client APIs that count a prompt's tokens: they generate nothing, so they are never
 TOKEN_COUNT_APIS = frozenset(
     {
         RouteApi.ANTHROPIC_COUNT_TOKENS,
@@ -785,10 +802,11 @@ AUDIO_MAX_REQUEST_BODY_BYTES = 26 * 1_048_576
 
 
 def _audio_routes() -> tuple[RouteConfig, ...]:
-    """The speech-to-text routes: transcriptions and translations at /v1/audio, and under
-    /openai/v1 and /openai for an SDK based there, each taking an audio file's form."""
+    """The audio routes: transcriptions, translations and text-to-speech at /v1/audio,
+    and under /openai/v1 and /openai for an SDK based there, the speech-to-text ones
+    each taking an audio file's form."""
     routes = []
-    for endpoint in ("transcriptions", "translations"):
+    for endpoint in ("transcriptions", "translations", "speech"):
         for name, base in (
             ("openai", "/v1"),
             ("openai-prefix", "/openai/v1"),
@@ -799,11 +817,14 @@ def _audio_routes() -> tuple[RouteConfig, ...]:
                     name=f"{name}-audio-{endpoint}",
                     path=f"{base}/audio/{endpoint}",
                     api=RouteApi.OPENAI_AUDIO,
-                    max_request_body_bytes=AUDIO_MAX_REQUEST_BODY_BYTES,
+                    # Text-to-speech's body is JSON text of 4,096 characters at most.
+                    max_request_body_bytes=(
+                        None if endpoint == "speech" else AUDIO_MAX_REQUEST_BODY_BYTES
+                    ),
                 )
             )
-    # Every other path under them (text-to-speech, /audio/speech): refused with a 400
-    # naming what is served (the exact paths above win over these prefixes).
+    # Every other path under them: refused with a 404 naming what is served (the exact
+    # paths above win over these prefixes).
     for name, base in (
         ("openai", "/v1"),
         ("openai-prefix", "/openai/v1"),
@@ -1055,9 +1076,9 @@ def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
         chain = [model.provider, *(by_name[name].provider for name in model.fallbacks)]
         if len(set(chain)) != len(chain):
             yield f"models[{index}].fallbacks: each fallback must be on another provider"
-        if model.kind is ModelKind.TRANSCRIPTION and model.fallbacks:
+        if model.kind in AUDIO_MODEL_KINDS and model.fallbacks:
             yield (
-                f"models[{index}].fallbacks: {model.name!r} is a transcription model, and"
+                f"models[{index}].fallbacks: {model.name!r} is a {model.kind} model, and"
                 " the audio API does not fail over (its form cannot be re-made by a"
                 " failover attempt): its requests go to its own provider alone; remove"
                 " its fallbacks"

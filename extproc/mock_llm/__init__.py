@@ -70,6 +70,7 @@ from extproc.mock_llm.recorder import DEFAULT_CAPACITY, Body, Recorder
 from extproc.mock_llm.responses_api import ResponsesEndpoint
 from extproc.mock_llm.responses_compact import CompactEndpoints
 from extproc.mock_llm.responses_store import ResponseStore, StoredResponsesEndpoints
+from extproc.mock_llm.speech_api import SpeechEndpoint
 from extproc.mock_llm.tokens import count_tokens
 from extproc.mock_llm.vertex_api import TOKEN_PATH, VertexEndpoints, as_served, is_vertex_path
 from extproc.mock_llm.vertex_auth import TokenIssuer
@@ -242,6 +243,7 @@ class _MockApp:
         self.compact = CompactEndpoints(default_fault=default_fault, store=stored_responses)
         self.images = ImagesEndpoint(default_fault=default_fault)
         self.audio = AudioEndpoint(default_fault=default_fault)
+        self.speech = SpeechEndpoint(default_fault=default_fault)
         self.embeddings = EmbeddingsEndpoint(default_fault=default_fault)
         self.completions = CompletionsEndpoint(
             chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
@@ -309,6 +311,8 @@ class _MockApp:
             return {"POST": self.audio.transcribe}
         if path.endswith("/audio/translations"):
             return {"POST": self.audio.translate}
+        if path.endswith("/audio/speech"):
+            return {"POST": self.speech.create}
         if path.endswith("/invoke"):
             return {"POST": self.bedrock.invoke}
         if path.endswith("/invoke-with-response-stream"):

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from extproc import gemini_api, headers, vertex_client_api
-from extproc.audio_api import audio_body
+from extproc.audio_api import audio_body, endpoint_of
 from extproc.backends import (
     BEDROCK_RUNTIME_APIS,
     RequestPlan,
@@ -62,6 +62,7 @@ from extproc.responses_api import (
     check_responses_body,
 )
 from extproc.runtime import Route, Upstream
+from extproc.speech_api import check_speech_body, is_speech, refuse_unbillable
 from extproc.stages.attempt import FailoverPlan, failover_plan, fails_over, recorded
 from extproc.stages.body_headers import check_body_size
 from extproc.stages.model_credentials import redact_unread_path, refuse_credential_in_model
@@ -113,7 +114,11 @@ class ChatRequestStage:
             # translation, the answer's reading, telemetry) serves it as that API's.
             vertex_call = vertex_client_api.read_path(ctx.path)
             route = ctx.route = vertex_client_api.anthropic_route(route)
-        if route.api is RouteApi.OPENAI_AUDIO:
+        if route.api is RouteApi.OPENAI_AUDIO and is_speech(endpoint_of(ctx.path)):
+            # Text-to-speech: JSON text, read and checked once.
+            parsed = parse_json_object(body, limits.max_json_depth)
+            check_speech_body(parsed)
+        elif route.api is RouteApi.OPENAI_AUDIO:
             # An audio file's form: its text fields read, the audio left where it lies.
             ctx.form = read_form(body, ctx.request_headers.get("content-type"))
             parsed = audio_body(ctx.form, ctx.path)
@@ -167,6 +172,9 @@ class ChatRequestStage:
         if denial is not None:
             raise PermissionDeniedError(denial, code="model_not_allowed", param="model")
         check_model_kind(ctx, model, route)
+        if route.api is RouteApi.OPENAI_AUDIO and is_speech(endpoint_of(ctx.path)):
+            # Before the quota: what the gateway could not bill is never sent.
+            refuse_unbillable(model, upstream.upstream_model, parsed)
         ctx.provider = upstream.provider.name
         ctx.provider_type = upstream.provider.type
         ctx.provider_api = provider_api(upstream)
@@ -331,6 +339,7 @@ _KIND_ENDPOINT = {
     ModelKind.EMBEDDINGS: "/v1/embeddings",
     ModelKind.IMAGES: "/v1/images/generations",
     ModelKind.TRANSCRIPTION: "/v1/audio/transcriptions",
+    ModelKind.SPEECH: "/v1/audio/speech",
 }
 
 
@@ -340,6 +349,8 @@ def check_model_kind(ctx: RequestContext, model: str, route: Route) -> None:
     quota counts the request and the provider refuses it."""
     kind = ctx.runtime.model_kind.get(model)
     wanted = ROUTE_MODEL_KIND.get(route.api)
+    if route.api is RouteApi.OPENAI_AUDIO and is_speech(endpoint_of(ctx.path)):
+        wanted = ModelKind.SPEECH  # the audio routes serve both, by the path
     if kind is None or wanted is None or kind is wanted:
         return
     where = _KIND_ENDPOINT[kind]

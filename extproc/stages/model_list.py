@@ -19,7 +19,12 @@ import orjson
 
 from extproc import anthropic_models
 from extproc.backends import provider_api
-from extproc.config.model import ANTHROPIC_VERTEX_APIS, ROUTE_MODEL_KIND, ProviderType, RouteApi
+from extproc.config.model import (
+    ANTHROPIC_VERTEX_APIS,
+    ProviderType,
+    RouteApi,
+    route_takes_kind,
+)
 from extproc.context import Identity, PhaseOutput, RequestContext
 from extproc.errors import ModelNotFoundError
 from extproc.runtime import Route, Runtime, Upstream
@@ -123,7 +128,7 @@ def _group_usable_on(runtime: Runtime, identity: Identity, group: str, route: Ro
     if route.forced_model is not None and route.forced_model != group:
         return False
     kind = runtime.model_kind.get(group)
-    if kind is not None and kind is not ROUTE_MODEL_KIND.get(route.api):
+    if kind is not None and not route_takes_kind(route.api, kind):
         return False
     return any(
         _usable_on(runtime, identity, member, group, route, forced_checked=True)
@@ -155,7 +160,7 @@ def _usable_on(
     if not forced_checked and route.forced_model is not None and route.forced_model != name:
         return False  # the route sends its own model, whatever the client names
     kind = runtime.model_kind.get(name)
-    if kind is not None and kind is not ROUTE_MODEL_KIND.get(route.api):
+    if kind is not None and not route_takes_kind(route.api, kind):
         return False  # an embeddings model on a chat route, or the other way round
     upstream = runtime.resolve_upstream(name, route)
     if upstream is None:

@@ -386,7 +386,9 @@ def reserved_completion(ctx: RequestContext, member: Upstream | None = None) -> 
     if route is not None and route.api is RouteApi.OPENAI_IMAGES:
         return picture_allowance(ctx.body)  # n pictures at their quality and size
     if route is not None and route.api is RouteApi.OPENAI_AUDIO:
-        return transcript_allowance(ctx.form)  # the transcript of the audio's estimate
+        # The transcript of the audio's estimate; text-to-speech (no form) generates
+        # nothing it is billed for but the characters it was sent (speech_api).
+        return transcript_allowance(ctx.form) if ctx.form is not None else 0
     default_max_tokens = ctx.runtime.config.quotas.default_max_tokens
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
         budget = thinking_budget(converse_fields(ctx.body))
@@ -613,8 +615,9 @@ def _least_completion(ctx: RequestContext) -> int:
         # Nothing bounds a picture's tokens: room for all of them, or a 429.
         return picture_allowance(ctx.body)
     if route is not None and route.api is RouteApi.OPENAI_AUDIO:
-        # Nothing bounds a transcript: room for the audio's estimate, or a 429.
-        return transcript_allowance(ctx.form)
+        # Nothing bounds a transcript: room for the audio's estimate, or a 429. Speech
+        # is billed per character of its input: no completion to make room for.
+        return transcript_allowance(ctx.form) if ctx.form is not None else 0
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
         if converse_api.is_prompt(ctx.upstream_model or ""):
             # A prompt of Prompt management takes no inferenceConfig (Bedrock refuses

@@ -268,13 +268,3 @@ def test_bad_requests_are_openai_shaped_errors(stack: LocalStack) -> None:
     )
     assert too_large.status_code == 413
     assert "error" in too_large.json()
-
-
-def test_text_to_speech_is_refused_with_a_400_naming_what_is_served(stack: LocalStack) -> None:
-    """``/v1/audio/speech``: before, Envoy's 404 (no route); now a 400 in OpenAI's shape
-    saying text-to-speech is not served, and nothing sent on."""
-    with pytest.raises(openai.BadRequestError) as refused:
-        client_of(stack).audio.speech.create(model="tts-1", voice="alloy", input="Hello")
-    assert refused.value.code == "unsupported_endpoint"
-    assert "/v1/audio/transcriptions" in str(refused.value)
-    assert not [r for r in mock_requests(stack) if r["path"].endswith("/audio/speech")]

@@ -352,16 +352,6 @@ async def test_a_form_over_the_routes_limit_is_a_413(processor: Processor) -> No
     assert "27262976" in answer["error"]["message"]
 
 
-@pytest.mark.parametrize("path", ["/v1/audio/speech", "/openai/v1/audio/speech"])
-async def test_text_to_speech_is_a_400_naming_what_is_served(
-    processor: Processor, services: Services, path: str
-) -> None:
-    answers = await run_stream(processor, [request_headers(path, headers=OPENAI_KEY)])
-    status, answer = immediate(answers[-1])
-    assert (status, answer["error"]["code"]) == (400, "unsupported_endpoint")
-    assert "text-to-speech" in answer["error"]["message"]
-
-
 async def test_another_audio_path_is_a_404(processor: Processor) -> None:
     answers = await run_stream(processor, [request_headers("/v1/audio/voices", headers=OPENAI_KEY)])
     status, answer = immediate(answers[-1])

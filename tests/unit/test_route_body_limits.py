@@ -96,7 +96,7 @@ def test_a_route_without_a_limit_of_its_own_takes_the_global_one() -> None:
 def test_the_default_config_takes_large_forms_on_the_edit_and_audio_routes_alone() -> None:
     """Edits (multipart forms of pictures) take 64 MiB, transcriptions and translations
     (forms of an audio file of up to 25 MB) 26 MiB; generations are JSON and keep the
-    1 MiB every other route keeps, the audio prefix routes (which refuse text-to-speech)
+    1 MiB every other route keeps, text-to-speech and the audio prefix routes
     included. Before, the Images API's prefix routes took 64 MiB for both."""
     config = parse_config(Path("config/gateway.yaml").read_text(), "gateway.yaml", {})
     large = {r.name: r.path for r in config.routes if config.request_body_limit(r) > MIB}

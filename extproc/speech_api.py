@@ -1,0 +1,129 @@
+"""OpenAI's text-to-speech API (``POST /v1/audio/speech``): what a valid request is, what
+it is billed by and what the quota reserves for it.
+
+The body is JSON: ``model`` (tts-1, tts-1-hd, gpt-4o-mini-tts), ``input`` (the text to
+speak, at most ``MAX_INPUT_CHARACTERS``), ``voice``, ``instructions`` (gpt-4o-mini-tts),
+``response_format`` (``FORMATS``: mp3 by default), ``speed`` and ``stream_format``
+(``audio``, the default: the audio file's bytes; ``sse``: ``speech.audio.delta`` events
+of base64 audio, then ``speech.audio.done`` with the usage). The gateway checks the
+fields that decide what it counts and sends the body on under the provider's name for
+the model; the answer's bytes reach the client as they came.
+
+**Billed per character.** tts-1 and tts-1-hd are billed per character of ``input``,
+which the gateway knows exactly from the request; their answer (the audio alone, and
+OpenAI does not stream them as events) reports nothing. So the characters are the usage:
+counted as prompt tokens, one a character (``billable_characters`` too, which the price
+table's ``input_per_thousand_characters`` bills), no completion tokens.
+
+**Billed by tokens.** gpt-4o-mini-tts is billed by tokens (text in, audio out), and
+reports them only in a stream's ``speech.audio.done`` event: its raw audio answer
+carries none. Such a model is not served here yet: refused with a 400
+(``refuse_unbillable``) before any quota or provider, never passed unbilled.
+
+**Quota.** A token limit reserves the characters as prompt tokens (exactly the bill of
+tts-1 and tts-1-hd) and no completion tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extproc.errors import BadRequestError
+
+# The last segment of the path of text-to-speech (``/v1/audio/speech``).
+SPEECH = "speech"
+# OpenAI refuses a longer input.
+MAX_INPUT_CHARACTERS = 4096
+# The audio formats OpenAI writes, and the content type of each.
+FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+MP3 = "mp3"
+CONTENT_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
+AUDIO = "audio"
+SSE = "sse"
+STREAM_FORMATS = (AUDIO, SSE)
+# OpenAI's models that report their usage in tokens, and only in an SSE stream's
+# speech.audio.done event (tts-1 and tts-1-hd stream no events, and report nothing).
+_TOKEN_MODELS = ("gpt-4o-mini-tts",)
+
+
+def is_speech(endpoint: str) -> bool:
+    """Whether the audio endpoint (the path's last segment) is text-to-speech."""
+    return endpoint == SPEECH
+
+
+def check_speech_body(body: dict[str, Any]) -> None:
+    """A 400 in OpenAI's shape for a body OpenAI would refuse in a way that changes what
+    the gateway counts: no text, too long a text, an unknown format."""
+    text = body.get("input")
+    if not isinstance(text, str) or not text:
+        raise BadRequestError(
+            "'input' is required: the text to generate audio for, a string", param="input"
+        )
+    if len(text) > MAX_INPUT_CHARACTERS:
+        raise BadRequestError(
+            f"'input' is {len(text):,} characters long; the maximum is {MAX_INPUT_CHARACTERS:,}",
+            param="input",
+            code="string_above_max_length",
+        )
+    asked = body.get("response_format", MP3)
+    if asked not in FORMATS:
+        raise BadRequestError(
+            f"'response_format' must be one of {', '.join(FORMATS)}", param="response_format"
+        )
+    stream_format = body.get("stream_format", AUDIO)
+    if stream_format not in STREAM_FORMATS:
+        raise BadRequestError(
+            f"'stream_format' must be one of {', '.join(STREAM_FORMATS)}",
+            param="stream_format",
+        )
+    if "stream" in body:
+        # Not OpenAI's field here: a stream is asked with stream_format, and the
+        # gateway reads the answer by it.
+        raise BadRequestError(
+            "text-to-speech takes no 'stream'; ask for events with stream_format: sse",
+            param="stream",
+        )
+
+
+def characters(body: dict[str, Any]) -> int:
+    """The characters of ``input``: what tts-1 and tts-1-hd are billed by."""
+    text = body.get("input")
+    return len(text) if isinstance(text, str) else 0
+
+
+def reports_tokens(upstream_model: str) -> bool:
+    """Whether the provider's model bills tokens, reported in an SSE stream only."""
+    return upstream_model.startswith(_TOKEN_MODELS)
+
+
+def refuse_unbillable(model: str, upstream_model: str, body: dict[str, Any]) -> None:
+    """Refuse what the gateway could not bill: a model billed by tokens (its usage comes
+    in a stream's done event alone), and events asked of a model billed per character
+    (OpenAI streams no events from tts-1 and tts-1-hd)."""
+    if reports_tokens(upstream_model):
+        raise BadRequestError(
+            f"'{model}' is billed by tokens it reports only in its event stream, which "
+            "this gateway does not read yet: it is not served, rather than served "
+            "unbilled; use tts-1 or tts-1-hd, billed per character",
+            param="model",
+            code="unsupported_model_for_route",
+        )
+    if body.get("stream_format") == SSE:
+        raise BadRequestError(
+            f"stream_format 'sse' is not supported by '{model}'; leave it out or send "
+            "stream_format: audio",
+            param="stream_format",
+        )
+
+
+def content_type(body: dict[str, Any]) -> str:
+    """The content type of the audio the client asked for."""
+    asked = body.get("response_format", MP3)
+    return CONTENT_TYPES.get(asked, CONTENT_TYPES[MP3]) if isinstance(asked, str) else ""

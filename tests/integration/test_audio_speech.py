@@ -1,0 +1,193 @@
+"""Text to speech through the real stack: Envoy, the gateway, its embedded Valkey and the
+mock provider, driven by the official openai client.
+
+``client.audio.speech.create`` (before: a 400 ``unsupported_endpoint`` from the audio
+prefix routes) reaches the provider with its key; the client gets the audio's bytes as
+the provider wrote them; the log line, ``tokens_consumed_total``, the cost counter and the
+quota agree on the usage: the characters of ``input``, one prompt token each, billed at
+the model's price per character.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai import OpenAI
+
+from extproc.devstack import LocalStack
+from extproc.management.client import QuotaClient
+from extproc.mock_llm.speech_api import spoken
+from tests.integration.conftest import (
+    GatewayLog,
+    default_config,
+    metric,
+    mock_requests,
+    running_stack,
+    scrape,
+    wait_for,
+    write_config,
+)
+
+KEY_ID, KEY = "narrator", "narrator-key-77d1"
+ADMIN_TOKEN = "dev-admin-token"
+SAID = "Welcome aboard. The next stop is Köln Hauptbahnhof."  # 51 characters
+# The default config's prices, USD per million characters.
+TTS_1, TTS_1_HD = Decimal("15.00"), Decimal("30.00")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    raw = default_config()
+    raw["auth"]["api_keys"].append({"id": KEY_ID, "key": KEY, "user_id": "ines"})
+    raw["quotas"] = {
+        "rules": [
+            {
+                "name": "narrator-tokens",
+                "subject": "api_key",
+                "match": [KEY_ID],
+                "tokens_per_day": 100_000_000,
+            }
+        ]
+    }
+    workdir = Path(tmp_path_factory.mktemp("speech"))
+    with running_stack(workdir, write_config(workdir, raw)) as running:
+        yield running
+
+
+@pytest.fixture
+def gateway_log(stack: LocalStack) -> GatewayLog:
+    return GatewayLog(stack.gateway_log)
+
+
+def client_of(stack: LocalStack, base: str = "/v1") -> OpenAI:
+    return OpenAI(base_url=f"{stack.base_url}{base}", api_key=KEY, max_retries=0)
+
+
+def cost(line: dict[str, Any]) -> Decimal:
+    return Decimal(str(line["cost_usd"]))
+
+
+def tokens_used(stack: LocalStack) -> int:
+    with QuotaClient(f"127.0.0.1:{stack.ports.management}", ADMIN_TOKEN) as quotas:
+        state = quotas.get("api_key", KEY_ID)
+    return sum(limit.used for limit in state.limits if limit.kind == "tokens")
+
+
+def speech_sent(stack: LocalStack) -> list[dict[str, Any]]:
+    """The bodies the provider got at its speech endpoint, in order."""
+    found = [r for r in mock_requests(stack) if r["path"].endswith("/audio/speech")]
+    return [r["json"] for r in found]
+
+
+def test_speech_is_streamed_to_the_client_and_billed_per_character_in_every_ledger(
+    stack: LocalStack, gateway_log: GatewayLog, tmp_path: Path
+) -> None:
+    client = client_of(stack)
+    before = scrape(stack.metrics_url)
+    used_before = tokens_used(stack)
+    lines: list[dict[str, Any]] = []
+
+    # Streamed to a file, as the SDK's docs show it.
+    target = tmp_path / "welcome.mp3"
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input=SAID
+    ) as response:
+        assert response.headers["content-type"] == "audio/mpeg"
+        response.stream_to_file(target)
+        request_id = response.headers["x-request-id"]
+    assert target.read_bytes() == spoken({"voice": "alloy", "input": SAID})
+    [line] = gateway_log.for_request(request_id)
+    assert (line["route"], line["http_status_code"], line["model"]) == (
+        "openai-audio-speech",
+        200,
+        "tts-1",
+    )
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (len(SAID), 0)
+    assert line["usage_reported"] is True and line["usage_estimated"] is False
+    assert cost(line) == len(SAID) * TTS_1 / 10**6
+    lines.append(line)
+
+    # Whole, through an SDK based at /openai/v1, tts-1-hd in WAV.
+    raw = client_of(stack, "/openai/v1").audio.speech.with_raw_response.create(
+        model="tts-1-hd", voice="verse", input=SAID, response_format="wav"
+    )
+    assert raw.content == spoken({"voice": "verse", "input": SAID, "response_format": "wav"})
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert (line["route"], line["prompt_tokens"]) == ("openai-prefix-audio-speech", len(SAID))
+    assert cost(line) == len(SAID) * TTS_1_HD / 10**6
+    lines.append(line)
+
+    # The provider got the text as sent, under its own key.
+    recorded = [r for r in mock_requests(stack) if r["path"].endswith("/audio/speech")]
+    assert [r["json"]["input"] for r in recorded] == [SAID, SAID]
+    assert all(r["headers"]["authorization"] != f"Bearer {KEY}" for r in recorded)
+
+    billed = sum(cost(each) for each in lines)
+    after = scrape(stack.metrics_url)
+    grew = metric(after, "tokens_consumed_total", api_key_id=KEY_ID, token_type="prompt") - metric(
+        before, "tokens_consumed_total", api_key_id=KEY_ID, token_type="prompt"
+    )
+    assert grew == 2 * len(SAID)
+    completion = metric(after, "tokens_consumed_total", api_key_id=KEY_ID, token_type="completion")
+    assert completion == metric(
+        before, "tokens_consumed_total", api_key_id=KEY_ID, token_type="completion"
+    )
+    spent = metric(after, "aigw_cost_usd_total", api_key_id=KEY_ID) - metric(
+        before, "aigw_cost_usd_total", api_key_id=KEY_ID
+    )
+    assert spent == pytest.approx(float(billed))
+    assert wait_for(lambda: tokens_used(stack) - used_before == 2 * len(SAID), 10)
+
+
+def test_a_bad_input_is_refused_before_the_provider(stack: LocalStack) -> None:
+    sent_before = len(speech_sent(stack))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client_of(stack).audio.speech.create(model="tts-1", voice="alloy", input="x" * 4097)
+    assert refused.value.param == "input"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client_of(stack).audio.speech.create(
+            model="tts-1",
+            voice="alloy",
+            input=SAID,
+            response_format="ogg",  # type: ignore[arg-type]
+        )
+    assert refused.value.param == "response_format"
+    with pytest.raises(openai.NotFoundError):
+        client_of(stack).audio.speech.create(model="tts-9", voice="alloy", input=SAID)
+    assert len(speech_sent(stack)) == sent_before
+
+
+def test_audio_cut_before_its_end_is_charged_the_characters(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """The provider drops the connection after two of the audio's four pieces: the client
+    gets a broken body, and the request is charged its characters, as an estimate."""
+    before = scrape(stack.metrics_url)
+    client = client_of(stack)
+    request_id = ""
+    with (
+        # The client's HTTP library's own error (the openai client's transport's).
+        pytest.raises(Exception, match="incomplete chunked read"),
+        client.audio.speech.with_streaming_response.create(
+            model="tts-1",
+            voice="alloy",
+            input=SAID,
+            extra_headers={"x-mock-fault": "reset_after=2;interval=0.3"},
+        ) as response,
+    ):
+        request_id = response.headers["x-request-id"]
+        response.read()
+    [line] = gateway_log.for_request(request_id)
+    assert line["usage_estimated"] is True
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (len(SAID), 0)
+    assert cost(line) == len(SAID) * TTS_1 / 10**6
+    after = scrape(stack.metrics_url)
+    grew = metric(after, "tokens_consumed_total", api_key_id=KEY_ID, token_type="prompt") - metric(
+        before, "tokens_consumed_total", api_key_id=KEY_ID, token_type="prompt"
+    )
+    assert grew == len(SAID)

@@ -1,0 +1,290 @@
+"""OpenAI's text-to-speech (``POST /v1/audio/speech``: JSON text in, audio out) is routed,
+held to the quotas and billed per character of its input (tts-1, tts-1-hd).
+
+Before, the audio prefix routes refused it with a 400 ``unsupported_endpoint``. Played
+through the real processor (real ext_proc messages) on the default config
+(config/gateway.yaml).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+from openai import AsyncOpenAI
+
+from extproc import headers
+from extproc.mock_llm.speech_api import spoken
+from extproc.processor import Processor
+from extproc.quota.store import QuotaStore
+from extproc.runtime import Services
+from extproc.testing import (
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+    run_stream_reset,
+)
+from tests.unit.sse_play import only_line
+from tests.unit.test_accounting_review_streams import OPENAI_KEY, sample
+from tests.unit.test_guard_flow import immediate
+from tests.unit.test_quota_estimate_guarded_parts import reserved
+from tests.unit.test_quota_review import gateway
+
+SPEECH = "/v1/audio/speech"
+MP3 = {"content-type": "audio/mpeg"}
+TEXT = "The quick brown fox jumped over the lazy dog."  # 45 characters
+AUDIO = b"ID3\x04\x00\x00" + bytes(range(256)) * 8
+# The default config's prices, USD per million characters.
+TTS_1, TTS_1_HD = Decimal("15.00"), Decimal("30.00")
+
+
+def speech(**fields: Any) -> bytes:
+    """A body as ``client.audio.speech.create`` sends it."""
+    return orjson.dumps({"model": "tts-1", "input": TEXT, "voice": "alloy", **fields})
+
+
+async def send(
+    processor: Processor, body: bytes, chunks: tuple[bytes, ...] = (AUDIO,), path: str = SPEECH
+) -> list[ext.ProcessingResponse]:
+    """The request, then the provider's audio in ``chunks``, the last one ending it."""
+    messages = [request_headers(path, headers=OPENAI_KEY), request_body(body)]
+    if chunks:
+        messages.append(response_headers(200, MP3))
+        messages += [
+            response_body(chunk, end_of_stream=index == len(chunks) - 1)
+            for index, chunk in enumerate(chunks)
+        ]
+    return await run_stream(processor, messages)
+
+
+def cost(line: dict[str, Any]) -> Decimal:
+    return Decimal(str(line["cost_usd"]))
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        (SPEECH, "openai-audio-speech"),
+        ("/openai/v1/audio/speech", "openai-prefix-audio-speech"),
+        ("/openai/audio/speech", "openai-bare-prefix-audio-speech"),
+    ],
+)
+async def test_tts_1_is_served_and_billed_per_character_of_its_input(
+    processor: Processor, services: Services, path: str, route: str
+) -> None:
+    answers = await send(processor, speech(), path=path)
+    mutation = answers[1].request_body.response.header_mutation
+    mutated = {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
+    assert mutated[headers.CLUSTER] == "provider_mock"
+    assert mutated["authorization"] == "Bearer mock-provider-key"
+    assert mutated.get(":path", SPEECH) == SPEECH
+    # The audio reaches the client as it came.
+    assert not answers[3].response_body.response.HasField("body_mutation")
+    line = only_line(services)
+    assert (line["route"], line["model"], line["http_status_code"]) == (route, "tts-1", 200)
+    # 45 characters: 45 prompt tokens, nothing generated that is billed apart.
+    assert (line["prompt_tokens"], line["completion_tokens"], line["total_tokens"]) == (45, 0, 45)
+    assert line["usage_reported"] is True and line["usage_estimated"] is False
+    assert cost(line) == 45 * TTS_1 / 10**6
+    assert sample(services, "tokens_consumed_total", token_type="prompt") == 45
+    assert sample(services, "tokens_consumed_total", token_type="completion") == 0
+
+
+async def test_tts_1_hd_costs_its_own_price_per_character(
+    processor: Processor, services: Services
+) -> None:
+    text = "Grüße aus Köln! 🎧"  # 17 characters, more UTF-8 bytes
+    await send(processor, speech(model="tts-1-hd", input=text, response_format="wav"))
+    line = only_line(services)
+    assert line["prompt_tokens"] == 17
+    assert cost(line) == 17 * TTS_1_HD / 10**6
+
+
+async def test_audio_in_many_chunks_is_billed_once_at_its_end(
+    processor: Processor, services: Services
+) -> None:
+    answers = await send(processor, speech(), chunks=(AUDIO[:100], AUDIO[100:900], AUDIO[900:]))
+    assert all(not a.response_body.response.HasField("body_mutation") for a in answers[3:])
+    line = only_line(services)
+    assert line["prompt_tokens"] == 45 and line["usage_reported"] is True
+    assert sample(services, "tokens_consumed_total", token_type="prompt") == 45
+
+
+async def test_audio_cut_before_its_end_is_charged_the_characters_as_an_estimate(
+    processor: Processor, services: Services
+) -> None:
+    messages = [
+        request_headers(SPEECH, headers=OPENAI_KEY),
+        request_body(speech()),
+        response_headers(200, MP3),
+        response_body(AUDIO[:100], end_of_stream=False),
+    ]
+    await run_stream_reset(processor, messages)
+    line = only_line(services)
+    assert line["usage_estimated"] is True and line["usage_reported"] is False
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (45, 0)
+    assert cost(line) == 45 * TTS_1 / 10**6
+    assert sample(services, "tokens_consumed_total", token_type="prompt") == 45
+
+
+async def test_an_error_answer_is_charged_nothing(processor: Processor, services: Services) -> None:
+    error = orjson.dumps({"error": {"message": "slow down", "type": "rate_limit_exceeded"}})
+    messages = [
+        request_headers(SPEECH, headers=OPENAI_KEY),
+        request_body(speech()),
+        response_headers(429, {"content-type": "application/json"}),
+        response_body(error),
+    ]
+    await run_stream(processor, messages)
+    line = only_line(services)
+    assert line["prompt_tokens"] == 0 and cost(line) == 0
+
+
+# --- refused before the quota and the provider --------------------------------------------
+
+
+async def refused(processor: Processor, body: bytes, path: str = SPEECH) -> tuple[int, Any]:
+    answers = await send(processor, body, chunks=(), path=path)
+    status, answer = immediate(answers[-1])
+    return status, answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (orjson.dumps({"model": "tts-1", "voice": "alloy"}), "input"),
+        (speech(input=""), "input"),
+        (speech(input=["not", "text"]), "input"),
+        (speech(input="x" * 4097), "input"),
+        (speech(response_format="ogg"), "response_format"),
+        (speech(stream_format="chunks"), "stream_format"),
+        (speech(stream_format="sse"), "stream_format"),  # tts-1 streams no events
+        (speech(stream=True), "stream"),
+        (orjson.dumps({"input": TEXT, "voice": "alloy"}), "model"),
+    ],
+)
+async def test_a_bad_body_is_a_400_naming_its_field(
+    processor: Processor, body: bytes, param: str
+) -> None:
+    status, error = await refused(processor, body)
+    assert (status, error["param"], error["type"]) == (400, param, "invalid_request_error")
+
+
+async def test_4096_characters_are_taken(processor: Processor, services: Services) -> None:
+    await send(processor, speech(input="x" * 4096))
+    assert only_line(services)["prompt_tokens"] == 4096
+
+
+async def test_a_body_that_is_no_json_is_a_400(processor: Processor) -> None:
+    status, error = await refused(processor, b"model=tts-1&input=hello")
+    assert status == 400 and error["type"] == "invalid_request_error"
+
+
+async def test_an_unknown_model_is_a_404(processor: Processor) -> None:
+    status, error = await refused(processor, speech(model="tts-9"))
+    assert (status, error["code"]) == (404, "model_not_found")
+
+
+async def test_a_transcription_model_is_a_400_naming_where_it_is_served(
+    processor: Processor,
+) -> None:
+    status, error = await refused(processor, speech(model="whisper-1"))
+    assert (status, error["code"]) == (400, "unsupported_model_for_route")
+    assert "/v1/audio/transcriptions" in error["message"]
+
+
+async def test_a_speech_model_sent_to_transcriptions_is_a_400_naming_speech(
+    processor: Processor,
+) -> None:
+    request = httpx.Request(
+        "POST",
+        "http://gateway/v1/audio/transcriptions",
+        data={"model": "tts-1"},
+        files=[("file", ("meeting.wav", AUDIO, "audio/wav"))],
+    )
+    sent = {**OPENAI_KEY, "content-type": request.headers["content-type"]}
+    messages = [
+        request_headers("/v1/audio/transcriptions", headers=sent),
+        request_body(request.read()),
+    ]
+    status, answer = immediate((await run_stream(processor, messages))[-1])
+    assert (status, answer["error"]["code"]) == (400, "unsupported_model_for_route")
+    assert "/v1/audio/speech" in answer["error"]["message"]
+
+
+async def test_gpt_4o_mini_tts_is_refused_rather_than_served_unbilled(
+    processor: Processor, services: Services
+) -> None:
+    status, error = await refused(processor, speech(model="gpt-4o-mini-tts"))
+    assert (status, error["code"]) == (400, "unsupported_model_for_route")
+    assert "billed by tokens" in error["message"]
+
+
+async def test_another_audio_path_is_a_404_naming_speech(processor: Processor) -> None:
+    answers = await run_stream(processor, [request_headers("/v1/audio/voices", headers=OPENAI_KEY)])
+    status, answer = immediate(answers[-1])
+    assert (status, answer["error"]["code"]) == (404, "route_not_found")
+    assert "/v1/audio/speech" in answer["error"]["message"]
+
+
+# --- quota ----------------------------------------------------------------------------------
+
+MINUTE_LIMIT = """
+quotas:
+  rules:
+    - {name: minute, subject: api_key, match: team1, tokens_per_minute: %d, hard_cap: %s}
+"""
+
+
+async def test_a_token_limit_reserves_the_characters(quota_store: QuotaStore) -> None:
+    quotas = MINUTE_LIMIT % (1000, "false")
+    processor, _ = gateway(quota_store, quotas)
+    answers = await run_stream(
+        processor, [request_headers(SPEECH, headers=OPENAI_KEY), request_body(speech())]
+    )
+    assert answers[-1].WhichOneof("response") == "request_body"
+    assert await reserved(quota_store, quotas) == 45
+
+
+async def test_a_hard_capped_limit_refuses_more_characters_than_it_has_left(
+    quota_store: QuotaStore,
+) -> None:
+    processor, _ = gateway(quota_store, MINUTE_LIMIT % (40, "true"))
+    answers = await run_stream(
+        processor, [request_headers(SPEECH, headers=OPENAI_KEY), request_body(speech())]
+    )
+    status, _ = immediate(answers[-1])
+    assert status == 429
+
+
+async def test_a_bad_body_is_refused_before_the_quota_counts_it(quota_store: QuotaStore) -> None:
+    quotas = MINUTE_LIMIT % (1000, "false")
+    processor, _ = gateway(quota_store, quotas)
+    body = speech(input="x" * 4097)
+    answers = await run_stream(
+        processor, [request_headers(SPEECH, headers=OPENAI_KEY), request_body(body)]
+    )
+    assert immediate(answers[-1])[0] == 400
+    assert await reserved(quota_store, quotas) == 0
+
+
+# --- the mock provider ------------------------------------------------------------------
+
+
+async def test_the_mock_speaks_deterministic_audio_in_the_format_asked(
+    openai_client: AsyncOpenAI,
+) -> None:
+    answer = await openai_client.audio.speech.create(
+        model="tts-1", voice="alloy", input="Hello there.", response_format="wav"
+    )
+    assert answer.content == spoken(
+        {"voice": "alloy", "input": "Hello there.", "response_format": "wav"}
+    )
+    assert answer.content.startswith(b"RIFF")
+    assert answer.response.headers["content-type"] == "audio/wav"
