@@ -158,7 +158,7 @@ from extproc.translators.cache_breakpoints import check_cache_controls
 from extproc.translators.generated_text import generated_chars, responses_delta_chars
 from extproc.translators.openai_chat_extras import VERTEX_WEB_SEARCH_BETA, searches_the_web
 from extproc.translators.openai_image_usage import tool_model, tool_picture_allowance
-from extproc.translators.openai_speech import SpeechAudioReader
+from extproc.translators.openai_speech import SpeechAudioReader, SpeechEventReader
 from extproc.translators.response_formats import schema_to_hold
 
 SSE = "text/event-stream"
@@ -291,8 +291,7 @@ def plan_request(
     if route.api is RouteApi.OPENAI_AUDIO:
         check_pair(ctx, parsed, upstream)
         if ctx.form is None:
-            # Text-to-speech: JSON, as it came, under the provider's name for the model.
-            return _pass_through(ctx, parsed, upstream, audio_api.upstream_path(ctx.path) + suffix)
+            return _speech_request(ctx, parsed, upstream, suffix)
         return _audio_request(ctx, parsed, upstream, suffix)
     if route.api is not RouteApi.OPENAI_CHAT:
         raise _unsupported(ctx, kind)
@@ -696,16 +695,52 @@ def _audio_request(
     )
 
 
+def _speech_request(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, suffix: str
+) -> RequestPlan:
+    """Text-to-speech: JSON, as it came, under the provider's name for the model; a model
+    billed by tokens asked for the event stream that alone carries them
+    (``speech_api.provider_body``)."""
+    endpoint = audio_api.upstream_path(ctx.path) + suffix
+    changed = speech_api.provider_body(parsed, upstream.upstream_model)
+    if changed is None:
+        return _pass_through(ctx, parsed, upstream, endpoint)
+    return RequestPlan(
+        _json(changed), upstream.provider.path_prefix + endpoint, _credentials(upstream)
+    )
+
+
+def _speech_answer_plan(ctx: RequestContext, streaming: bool) -> ResponsePlan:
+    """A text-to-speech answer, passed on as it comes (``translators.openai_speech``):
+    raw audio billed per character of the input; an event stream read for its usage, its
+    audio decoded for a client that asked for the raw audio."""
+    body = ctx.body or {}
+    upstream_model = ctx.upstream_model or ""
+    allowance = speech_api.audio_allowance(body, upstream_model)
+    if not speech_api.reports_tokens(upstream_model):
+        return ResponsePlan(SpeechAudioReader(speech_api.characters(body)), streamed=True)
+    if not streaming:
+        # Raw audio from a model billed by tokens (a provider that ignored the
+        # stream_format asked): no usage in it, charged the estimate.
+        return ResponsePlan(SpeechAudioReader(None, allowance), streamed=True)
+    if speech_api.client_wants_events(body):
+        return ResponsePlan(SpeechEventReader(allowance, decode=False), streamed=True)
+    return ResponsePlan(
+        SpeechEventReader(allowance, decode=True),
+        streamed=True,
+        set_headers={"content-type": speech_api.content_type(body)},
+        remove_headers=["content-length"],
+    )
+
+
 def _audio_answer_plan(ctx: RequestContext, streaming: bool, content_type: str) -> ResponsePlan:
     """A speech-to-text answer: a stream's done event read; a JSON answer's usage read and,
     where the client asked for another format than the provider was, that one rendered
     from it (``translators.openai_audio``). An answer in another format than JSON (a
     provider that ignored the format asked) passes as it came, charged the estimate."""
-    body = ctx.body or {}
     if ctx.form is None:
-        # Text-to-speech: the audio's bytes, passed on as they come, billed per
-        # character of the request's input (translators.openai_speech).
-        return ResponsePlan(SpeechAudioReader(speech_api.characters(body)), streamed=True)
+        return _speech_answer_plan(ctx, streaming)
+    body = ctx.body or {}
     if streaming:
         return ResponsePlan(openai_audio.TranscriptEventReader(), streamed=True)
     asked = audio_api.client_format(body)

@@ -17,15 +17,23 @@ table's ``input_per_thousand_characters`` bills), no completion tokens.
 
 **Billed by tokens.** gpt-4o-mini-tts is billed by tokens (text in, audio out), and
 reports them only in a stream's ``speech.audio.done`` event: its raw audio answer
-carries none. Such a model is not served here yet: refused with a 400
-(``refuse_unbillable``) before any quota or provider, never passed unbilled.
+carries none. So the gateway asks the provider for the events (``provider_body``:
+``stream_format: sse``) whatever the client asked; a client that asked for the raw
+audio gets the audio the ``speech.audio.delta`` events carry, decoded
+(``translators.openai_speech``), which is what OpenAI would have sent it.
 
-**Quota.** A token limit reserves the characters as prompt tokens (exactly the bill of
-tts-1 and tts-1-hd) and no completion tokens.
+**Quota.** A token limit reserves the characters of ``input`` as prompt tokens (exactly
+the bill of tts-1 and tts-1-hd; about four times gpt-4o-mini-tts' text tokens, which the
+answer's usage settles) and, for a model billed by tokens, ``audio_allowance``: the
+audio it may write, ``AUDIO_TOKENS_PER_CHARACTER`` output tokens a character of
+``input`` at normal speed, more at a slower one (at OpenAI's estimate of $0.015 a
+minute at $12 per million tokens, 1,250 tokens a minute, and about 900 characters
+spoken a minute, it is 1.4 a character).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from extproc.errors import BadRequestError
@@ -51,6 +59,10 @@ STREAM_FORMATS = (AUDIO, SSE)
 # OpenAI's models that report their usage in tokens, and only in an SSE stream's
 # speech.audio.done event (tts-1 and tts-1-hd stream no events, and report nothing).
 _TOKEN_MODELS = ("gpt-4o-mini-tts",)
+# The audio output tokens the quota reserves per character of input (the docstring).
+AUDIO_TOKENS_PER_CHARACTER = 2
+# OpenAI's range of speed.
+_SLOWEST, _FASTEST = 0.25, 4.0
 
 
 def is_speech(endpoint: str) -> bool:
@@ -103,24 +115,40 @@ def reports_tokens(upstream_model: str) -> bool:
     return upstream_model.startswith(_TOKEN_MODELS)
 
 
-def refuse_unbillable(model: str, upstream_model: str, body: dict[str, Any]) -> None:
-    """Refuse what the gateway could not bill: a model billed by tokens (its usage comes
-    in a stream's done event alone), and events asked of a model billed per character
-    (OpenAI streams no events from tts-1 and tts-1-hd)."""
-    if reports_tokens(upstream_model):
-        raise BadRequestError(
-            f"'{model}' is billed by tokens it reports only in its event stream, which "
-            "this gateway does not read yet: it is not served, rather than served "
-            "unbilled; use tts-1 or tts-1-hd, billed per character",
-            param="model",
-            code="unsupported_model_for_route",
-        )
-    if body.get("stream_format") == SSE:
+def refuse_unserved_stream(model: str, upstream_model: str, body: dict[str, Any]) -> None:
+    """Refuse events asked of a model billed per character: OpenAI streams none from
+    tts-1 and tts-1-hd (its 400, before any quota)."""
+    if body.get("stream_format") == SSE and not reports_tokens(upstream_model):
         raise BadRequestError(
             f"stream_format 'sse' is not supported by '{model}'; leave it out or send "
             "stream_format: audio",
             param="stream_format",
         )
+
+
+def provider_body(body: dict[str, Any], upstream_model: str) -> dict[str, Any] | None:
+    """The body the provider is sent in place of the client's (under its name for the
+    model): events asked of a model billed by tokens, whose usage they alone carry; None
+    where the client's does."""
+    if not reports_tokens(upstream_model) or body.get("stream_format") == SSE:
+        return None
+    return {**body, "model": upstream_model, "stream_format": SSE}
+
+
+def client_wants_events(body: dict[str, Any]) -> bool:
+    """Whether the client asked for the event stream rather than the raw audio."""
+    return body.get("stream_format") == SSE
+
+
+def audio_allowance(body: dict[str, Any], upstream_model: str) -> int:
+    """The audio output tokens the quota reserves: none for a model billed per character."""
+    if not reports_tokens(upstream_model):
+        return 0
+    speed = body.get("speed", 1.0)
+    if not isinstance(speed, (int, float)) or isinstance(speed, bool):
+        speed = 1.0
+    speed = min(max(float(speed), _SLOWEST), _FASTEST)
+    return math.ceil(characters(body) * AUDIO_TOKENS_PER_CHARACTER / speed)
 
 
 def content_type(body: dict[str, Any]) -> str:

@@ -289,7 +289,7 @@ class ModelKind(StrEnum):
     # It does not fail over (its form cannot be re-made by a failover attempt), so such
     # a model takes no fallbacks.
     TRANSCRIPTION = "transcription"
-    # Text to speech only (tts-1, tts-1-hd): /v1/audio/speech on the audio API's routes
+    # Text to speech only (tts-1, gpt-4o-mini-tts): /v1/audio/speech on the audio API's routes
     # alone. It does not fail over either, so such a model takes no fallbacks.
     SPEECH = "speech"
 
@@ -373,8 +373,8 @@ class RouteApi(StrEnum):
     # multipart/form-data form of an audio file in, its text out): passed through to
     # OpenAI-compatible providers, billed by its usage (audio and text input tokens and
     # output tokens, or whisper-1's seconds of audio), and text to speech
-    # (/v1/audio/speech: JSON text in, audio out, billed per character of its input:
-    # extproc.speech_api).
+    # (/v1/audio/speech: JSON text in, audio out, billed per character of its input, or
+    # by the tokens gpt-4o-mini-tts reports in its event stream: extproc.speech_api).
     OPENAI_AUDIO = "openai_audio"
     # The Responses API's compaction (/v1/responses/compact): a Responses input in, the
     # window to carry on out (its user messages and one encrypted compaction item). It

@@ -62,7 +62,7 @@ from extproc.responses_api import (
     check_responses_body,
 )
 from extproc.runtime import Route, Upstream
-from extproc.speech_api import check_speech_body, is_speech, refuse_unbillable
+from extproc.speech_api import check_speech_body, is_speech, refuse_unserved_stream
 from extproc.stages.attempt import FailoverPlan, failover_plan, fails_over, recorded
 from extproc.stages.body_headers import check_body_size
 from extproc.stages.model_credentials import redact_unread_path, refuse_credential_in_model
@@ -173,8 +173,8 @@ class ChatRequestStage:
             raise PermissionDeniedError(denial, code="model_not_allowed", param="model")
         check_model_kind(ctx, model, route)
         if route.api is RouteApi.OPENAI_AUDIO and is_speech(endpoint_of(ctx.path)):
-            # Before the quota: what the gateway could not bill is never sent.
-            refuse_unbillable(model, upstream.upstream_model, parsed)
+            # Before the quota, as OpenAI would refuse it.
+            refuse_unserved_stream(model, upstream.upstream_model, parsed)
         ctx.provider = upstream.provider.name
         ctx.provider_type = upstream.provider.type
         ctx.provider_api = provider_api(upstream)

@@ -59,6 +59,7 @@ from extproc.quota.thinking_budget import (
     thinking_budget,
 )
 from extproc.runtime import Upstream
+from extproc.speech_api import audio_allowance
 from extproc.stages.subject_credentials import refuse_credential_in_subjects
 from extproc.store.outage_log import OutageLog
 from extproc.translators import openai_bedrock
@@ -386,9 +387,10 @@ def reserved_completion(ctx: RequestContext, member: Upstream | None = None) -> 
     if route is not None and route.api is RouteApi.OPENAI_IMAGES:
         return picture_allowance(ctx.body)  # n pictures at their quality and size
     if route is not None and route.api is RouteApi.OPENAI_AUDIO:
-        # The transcript of the audio's estimate; text-to-speech (no form) generates
-        # nothing it is billed for but the characters it was sent (speech_api).
-        return transcript_allowance(ctx.form) if ctx.form is not None else 0
+        if ctx.form is None:
+            # Text-to-speech: the audio a model billed by tokens may write (speech_api).
+            return audio_allowance(ctx.body, ctx.upstream_model or "")
+        return transcript_allowance(ctx.form)  # the transcript of the audio's estimate
     default_max_tokens = ctx.runtime.config.quotas.default_max_tokens
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
         budget = thinking_budget(converse_fields(ctx.body))
@@ -615,9 +617,10 @@ def _least_completion(ctx: RequestContext) -> int:
         # Nothing bounds a picture's tokens: room for all of them, or a 429.
         return picture_allowance(ctx.body)
     if route is not None and route.api is RouteApi.OPENAI_AUDIO:
-        # Nothing bounds a transcript: room for the audio's estimate, or a 429. Speech
-        # is billed per character of its input: no completion to make room for.
-        return transcript_allowance(ctx.form) if ctx.form is not None else 0
+        # Nothing bounds a transcript, or speech: room for the estimate, or a 429.
+        if ctx.form is None and ctx.body is not None:
+            return audio_allowance(ctx.body, ctx.upstream_model or "")
+        return transcript_allowance(ctx.form)
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
         if converse_api.is_prompt(ctx.upstream_model or ""):
             # A prompt of Prompt management takes no inferenceConfig (Bedrock refuses

@@ -5,23 +5,26 @@ mock provider, driven by the official openai client.
 prefix routes) reaches the provider with its key; the client gets the audio's bytes as
 the provider wrote them; the log line, ``tokens_consumed_total``, the cost counter and the
 quota agree on the usage: the characters of ``input``, one prompt token each, billed at
-the model's price per character.
+the model's price per character (tts-1, tts-1-hd), or the tokens gpt-4o-mini-tts reports
+in its event stream's done event.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 import pytest
 from openai import OpenAI
 
 from extproc.devstack import LocalStack
 from extproc.management.client import QuotaClient
-from extproc.mock_llm.speech_api import spoken
+from extproc.mock_llm.speech_api import speech_usage, spoken
 from tests.integration.conftest import (
     GatewayLog,
     default_config,
@@ -38,6 +41,8 @@ ADMIN_TOKEN = "dev-admin-token"
 SAID = "Welcome aboard. The next stop is Köln Hauptbahnhof."  # 51 characters
 # The default config's prices, USD per million characters.
 TTS_1, TTS_1_HD = Decimal("15.00"), Decimal("30.00")
+# gpt-4o-mini-tts', USD per million tokens: text in, audio out.
+MINI_IN, MINI_OUT = Decimal("0.60"), Decimal("12.00")
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +196,64 @@ def test_audio_cut_before_its_end_is_charged_the_characters(
         before, "tokens_consumed_total", api_key_id=KEY_ID, token_type="prompt"
     )
     assert grew == len(SAID)
+
+
+def test_gpt_4o_mini_tts_is_billed_by_the_tokens_its_events_report(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """Asked for raw audio, the gateway asks the provider for events (their done event
+    alone carries the usage) and gives the client the audio they carry, decoded; asked
+    for events, the client gets them as they came. Either way the log line, the token
+    counter and the cost carry the done event's usage."""
+    client = client_of(stack)
+    before = scrape(stack.metrics_url)
+    body = {"voice": "coral", "input": SAID, "instructions": "Speak calmly."}
+    audio = spoken(body)
+    usage = speech_usage(body, audio)
+
+    with client.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="coral", input=SAID, instructions="Speak calmly."
+    ) as response:
+        assert response.headers["content-type"] == "audio/mpeg"
+        got = response.read()
+        raw_id = response.headers["x-request-id"]
+    assert got == audio
+    assert speech_sent(stack)[-1]["stream_format"] == "sse"
+    [raw_line] = gateway_log.for_request(raw_id)
+
+    with client.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts",
+        voice="coral",
+        input=SAID,
+        instructions="Speak calmly.",
+        stream_format="sse",
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [
+            orjson.loads(line[len("data: ") :])
+            for line in response.read().decode().splitlines()
+            if line.startswith("data: ")
+        ]
+        sse_id = response.headers["x-request-id"]
+    deltas = [e for e in events if e["type"] == "speech.audio.delta"]
+    assert b"".join(base64.b64decode(e["audio"]) for e in deltas) == audio
+    assert events[-1] == {"type": "speech.audio.done", "usage": usage}
+    [sse_line] = gateway_log.for_request(sse_id)
+
+    for line in (raw_line, sse_line):
+        assert (line["model"], line["http_status_code"]) == ("gpt-4o-mini-tts", 200)
+        assert (line["prompt_tokens"], line["completion_tokens"]) == (
+            usage["input_tokens"],
+            usage["output_tokens"],
+        )
+        assert line["usage_reported"] is True
+        assert (
+            cost(line)
+            == (usage["input_tokens"] * MINI_IN + usage["output_tokens"] * MINI_OUT) / 10**6
+        )
+    after = scrape(stack.metrics_url)
+    for token_type, key in (("prompt", "input_tokens"), ("completion", "output_tokens")):
+        grew = metric(
+            after, "tokens_consumed_total", api_key_id=KEY_ID, token_type=token_type
+        ) - metric(before, "tokens_consumed_total", api_key_id=KEY_ID, token_type=token_type)
+        assert grew == 2 * usage[key]

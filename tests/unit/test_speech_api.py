@@ -8,6 +8,7 @@ through the real processor (real ext_proc messages) on the default config
 
 from __future__ import annotations
 
+import base64
 from decimal import Decimal
 from typing import Any
 
@@ -218,14 +219,6 @@ async def test_a_speech_model_sent_to_transcriptions_is_a_400_naming_speech(
     assert "/v1/audio/speech" in answer["error"]["message"]
 
 
-async def test_gpt_4o_mini_tts_is_refused_rather_than_served_unbilled(
-    processor: Processor, services: Services
-) -> None:
-    status, error = await refused(processor, speech(model="gpt-4o-mini-tts"))
-    assert (status, error["code"]) == (400, "unsupported_model_for_route")
-    assert "billed by tokens" in error["message"]
-
-
 async def test_another_audio_path_is_a_404_naming_speech(processor: Processor) -> None:
     answers = await run_stream(processor, [request_headers("/v1/audio/voices", headers=OPENAI_KEY)])
     status, answer = immediate(answers[-1])
@@ -272,6 +265,130 @@ async def test_a_bad_body_is_refused_before_the_quota_counts_it(quota_store: Quo
     )
     assert immediate(answers[-1])[0] == 400
     assert await reserved(quota_store, quotas) == 0
+
+
+# --- gpt-4o-mini-tts: billed by the tokens of its done event ---------------------------------
+
+MINI = "gpt-4o-mini-tts"
+SSE = {"content-type": "text/event-stream"}
+MINI_USAGE = {"input_tokens": 14, "output_tokens": 320, "total_tokens": 334}
+# Its prices in the default config, USD per million tokens: text in, audio out.
+MINI_IN, MINI_OUT = Decimal("0.60"), Decimal("12.00")
+
+
+def events(audio: bytes, usage: dict[str, int] | None = MINI_USAGE) -> bytes:
+    """OpenAI's event stream of ``audio``: two deltas, then the done event."""
+    deltas = [audio[:700], audio[700:]]
+    sent = [{"type": "speech.audio.delta", "audio": base64.b64encode(d).decode()} for d in deltas]
+    done: dict[str, Any] = {"type": "speech.audio.done"}
+    if usage is not None:
+        done["usage"] = usage
+    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in [*sent, done])
+
+
+async def send_events(
+    processor: Processor, body: bytes, chunks: tuple[bytes, ...]
+) -> list[ext.ProcessingResponse]:
+    messages = [
+        request_headers(SPEECH, headers=OPENAI_KEY),
+        request_body(body),
+        response_headers(200, SSE),
+    ]
+    messages += [
+        response_body(chunk, end_of_stream=index == len(chunks) - 1)
+        for index, chunk in enumerate(chunks)
+    ]
+    return await run_stream(processor, messages)
+
+
+def sent_upstream(answers: list[ext.ProcessingResponse]) -> dict[str, Any] | None:
+    mutation = answers[1].request_body.response
+    if not mutation.HasField("body_mutation"):
+        return None
+    found: dict[str, Any] = orjson.loads(mutation.body_mutation.body)
+    return found
+
+
+async def test_raw_audio_of_gpt_4o_mini_tts_is_asked_as_events_and_decoded_for_the_client(
+    processor: Processor, services: Services
+) -> None:
+    stream = events(AUDIO)
+    # Envoy cuts the stream anywhere: inside an event's base64 too.
+    answers = await send_events(
+        processor, speech(model=MINI, instructions="Cheerful."), (stream[:500], stream[500:])
+    )
+    upstream = sent_upstream(answers)
+    assert upstream is not None and upstream["stream_format"] == "sse"
+    assert upstream["instructions"] == "Cheerful." and upstream["input"] == TEXT
+    changed = {
+        h.header.key: h.header.raw_value.decode()
+        for h in answers[2].response_headers.response.header_mutation.set_headers
+    }
+    assert changed["content-type"] == "audio/mpeg"
+    got = b"".join(a.response_body.response.body_mutation.body for a in answers[3:])
+    assert got == AUDIO
+    line = only_line(services)
+    assert (line["model"], line["prompt_tokens"], line["completion_tokens"]) == (MINI, 14, 320)
+    assert line["usage_reported"] is True
+    assert line["completion_audio_tokens"] == 320  # its output is audio
+    assert cost(line) == (14 * MINI_IN + 320 * MINI_OUT) / 10**6
+    assert sample(services, "tokens_consumed_total", token_type="prompt") == 14
+    assert sample(services, "tokens_consumed_total", token_type="completion") == 320
+
+
+async def test_events_asked_by_the_client_pass_as_they_came(
+    processor: Processor, services: Services
+) -> None:
+    answers = await send_events(
+        processor, speech(model=MINI, stream_format="sse"), (events(AUDIO),)
+    )
+    # Sent as it came (the model's name is the provider's own).
+    assert sent_upstream(answers) is None
+    assert not answers[3].response_body.response.HasField("body_mutation")
+    line = only_line(services)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (14, 320)
+    assert cost(line) == (14 * MINI_IN + 320 * MINI_OUT) / 10**6
+
+
+@pytest.mark.parametrize("stream_format", ["audio", "sse"])
+async def test_events_cut_before_the_done_event_are_charged_the_estimate(
+    processor: Processor, services: Services, stream_format: str
+) -> None:
+    stream = events(AUDIO)
+    first = stream[: stream.index(b"\n\n") + 2]
+    messages = [
+        request_headers(SPEECH, headers=OPENAI_KEY),
+        request_body(speech(model=MINI, stream_format=stream_format)),
+        response_headers(200, SSE),
+        response_body(first, end_of_stream=False),
+    ]
+    await run_stream_reset(processor, messages)
+    line = only_line(services)
+    assert line["usage_estimated"] is True
+    # The characters as prompt tokens, and the audio the quota reserved: two a character.
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (45, 90)
+    assert cost(line) == (45 * MINI_IN + 90 * MINI_OUT) / 10**6
+    assert sample(services, "tokens_consumed_total", token_type="completion") == 90
+
+
+async def test_a_done_event_without_usage_is_charged_the_estimate(
+    processor: Processor, services: Services
+) -> None:
+    await send_events(processor, speech(model=MINI), (events(AUDIO, usage=None),))
+    line = only_line(services)
+    assert line["usage_estimated"] is True
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (45, 90)
+
+
+async def test_a_token_limit_reserves_the_audio_of_a_model_billed_by_tokens(
+    quota_store: QuotaStore,
+) -> None:
+    quotas = MINUTE_LIMIT % (1000, "false")
+    processor, _ = gateway(quota_store, quotas)
+    body = speech(model=MINI, speed=0.5)
+    await run_stream(processor, [request_headers(SPEECH, headers=OPENAI_KEY), request_body(body)])
+    # 45 characters as prompt tokens, and two audio tokens a character at half speed.
+    assert await reserved(quota_store, quotas) == 45 + 180
 
 
 # --- the mock provider ------------------------------------------------------------------
