@@ -144,6 +144,8 @@ async def test_an_error_answer_is_charged_nothing(processor: Processor, services
     ]
     await run_stream(processor, messages)
     line = only_line(services)
+    # The provider's refusal, passed on: the request had reached it.
+    assert (line["http_status_code"], line["upstream_status_code"]) == (429, 429)
     assert line["prompt_tokens"] == 0 and cost(line) == 0
 
 
@@ -185,6 +187,7 @@ async def test_4096_characters_are_taken(processor: Processor, services: Service
 async def test_a_body_that_is_no_json_is_a_400(processor: Processor) -> None:
     status, error = await refused(processor, b"model=tts-1&input=hello")
     assert status == 400 and error["type"] == "invalid_request_error"
+    assert "JSON" in error["message"]
 
 
 async def test_an_unknown_model_is_a_404(processor: Processor) -> None:
@@ -263,7 +266,8 @@ async def test_a_bad_body_is_refused_before_the_quota_counts_it(quota_store: Quo
     answers = await run_stream(
         processor, [request_headers(SPEECH, headers=OPENAI_KEY), request_body(body)]
     )
-    assert immediate(answers[-1])[0] == 400
+    status, answer = immediate(answers[-1])
+    assert (status, answer["error"]["param"]) == (400, "input")
     assert await reserved(quota_store, quotas) == 0
 
 
