@@ -119,7 +119,8 @@ OPERATIONS = {
     RouteApi.GEMINI_GENERATE_CONTENT: "generate_content",
     # ...and for OpenAI's Images API: the conventions' value for multimodal generation.
     RouteApi.OPENAI_IMAGES: "generate_content",
-    # ...and for speech to text, likewise (the conventions have no value of its own).
+    # ...and for speech to text and text to speech, likewise (the conventions have no
+    # value of their own).
     RouteApi.OPENAI_AUDIO: "generate_content",
     RouteApi.GEMINI_COUNT_TOKENS: "count_tokens",
     # A Vertex client's call before its body is read (a bad key); after, it is the
