@@ -384,6 +384,36 @@ async def test_a_done_event_without_usage_is_charged_the_estimate(
     assert (line["prompt_tokens"], line["completion_tokens"]) == (45, 90)
 
 
+ERROR_EVENT = (
+    b"data: "
+    + orjson.dumps({"type": "error", "error": {"type": "server_error", "message": "overloaded"}})
+    + b"\n\n"
+)
+
+
+async def test_an_error_event_before_any_audio_is_charged_nothing(
+    processor: Processor, services: Services
+) -> None:
+    await send_events(processor, speech(model=MINI), (ERROR_EVENT,))
+    line = only_line(services)
+    assert line["prompt_tokens"] == 0 and cost(line) == 0
+    assert "overloaded" in line["error_message"]
+
+
+async def test_an_error_event_after_some_audio_is_charged_the_estimate(
+    processor: Processor, services: Services
+) -> None:
+    stream = events(AUDIO)
+    first = stream[: stream.index(b"\n\n") + 2]
+    answers = await send_events(processor, speech(model=MINI), (first, ERROR_EVENT))
+    # The raw-audio client got the audio that came before the failure.
+    got = b"".join(a.response_body.response.body_mutation.body for a in answers[3:])
+    assert got == AUDIO[:700]
+    line = only_line(services)
+    assert line["usage_estimated"] is True
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (45, 90)
+
+
 async def test_a_token_limit_reserves_the_audio_of_a_model_billed_by_tokens(
     quota_store: QuotaStore,
 ) -> None:
