@@ -801,40 +801,35 @@ def _prefixed_routes(
 AUDIO_MAX_REQUEST_BODY_BYTES = 26 * 1_048_576
 
 
+# Where the audio routes are, by the name their routes start with: /v1 and, for an SDK
+# based there, /openai/v1 and /openai.
+_AUDIO_BASES = (
+    ("openai", "/v1"),
+    ("openai-prefix", "/openai/v1"),
+    ("openai-bare-prefix", "/openai"),
+)
+
+
 def _audio_routes() -> tuple[RouteConfig, ...]:
-    """The audio routes: transcriptions, translations and text-to-speech at /v1/audio,
-    and under /openai/v1 and /openai for an SDK based there, the speech-to-text ones
-    each taking an audio file's form."""
-    routes = []
-    for endpoint in ("transcriptions", "translations", "speech"):
-        for name, base in (
-            ("openai", "/v1"),
-            ("openai-prefix", "/openai/v1"),
-            ("openai-bare-prefix", "/openai"),
-        ):
-            routes.append(
-                RouteConfig(
-                    name=f"{name}-audio-{endpoint}",
-                    path=f"{base}/audio/{endpoint}",
-                    api=RouteApi.OPENAI_AUDIO,
-                    # Text-to-speech's body is JSON text of 4,096 characters at most.
-                    max_request_body_bytes=(
-                        None if endpoint == "speech" else AUDIO_MAX_REQUEST_BODY_BYTES
-                    ),
-                )
-            )
+    """The audio routes: transcriptions, translations and text-to-speech under each of
+    ``_AUDIO_BASES``, the speech-to-text ones each taking an audio file's form."""
+    routes = [
+        RouteConfig(
+            name=f"{name}-audio-{endpoint}",
+            path=f"{base}/audio/{endpoint}",
+            api=RouteApi.OPENAI_AUDIO,
+            # Text-to-speech's body is JSON text of 4,096 characters at most.
+            max_request_body_bytes=None if endpoint == "speech" else AUDIO_MAX_REQUEST_BODY_BYTES,
+        )
+        for endpoint in ("transcriptions", "translations", "speech")
+        for name, base in _AUDIO_BASES
+    ]
     # Every other path under them: refused with a 404 naming what is served (the exact
     # paths above win over these prefixes).
-    for name, base in (
-        ("openai", "/v1"),
-        ("openai-prefix", "/openai/v1"),
-        ("openai-bare-prefix", "/openai"),
-    ):
-        routes.append(
-            RouteConfig(
-                name=f"{name}-audio", path_prefix=f"{base}/audio", api=RouteApi.OPENAI_AUDIO
-            )
-        )
+    routes.extend(
+        RouteConfig(name=f"{name}-audio", path_prefix=f"{base}/audio", api=RouteApi.OPENAI_AUDIO)
+        for name, base in _AUDIO_BASES
+    )
     return tuple(routes)
 
 
