@@ -37,6 +37,16 @@ def request_slots(body: dict[str, Any]) -> list[TextSlot]:
     return slots
 
 
+def speech_slots(body: dict[str, Any]) -> list[TextSlot]:
+    """A text-to-speech request's text: its ``input`` (what is read aloud) and its
+    ``instructions`` (how), each read by the model as a prompt's text is."""
+    return [
+        TextSlot(ROLE, body, field)
+        for field in ("instructions", "input")
+        if isinstance(body.get(field), str)
+    ]
+
+
 def answer_slots(answer: dict[str, Any]) -> list[TextSlot]:
     """Each choice's ``text`` in a whole text completion."""
     slots: list[TextSlot] = []

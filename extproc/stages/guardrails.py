@@ -83,6 +83,7 @@ from extproc.guardrails import definitions
 from extproc.guardrails import request_metadata as metadata
 from extproc.guardrails.completion_text import answer_slots as completion_answer_slots
 from extproc.guardrails.completion_text import request_slots as completion_request_slots
+from extproc.guardrails.completion_text import speech_slots
 from extproc.guardrails.content import (
     TextSlot,
     anthropic_answer_slots,
@@ -715,6 +716,9 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
     if api in RESPONSES_REQUESTS:
         found = metadata.openai_slots(body) + definitions.responses_slots(body)
         return found + responses_request_slots(body), None
+    if api is RouteApi.OPENAI_AUDIO and ctx.form is None:
+        # Text to speech (JSON; the other audio requests are forms): what it reads aloud.
+        return metadata.openai_slots(body) + speech_slots(body), None
     if api in (RouteApi.OPENAI_COMPLETIONS, RouteApi.OPENAI_IMAGES, RouteApi.OPENAI_AUDIO):
         # An image generation's text is its ``prompt`` string, as a text completion's; so
         # is a transcription's or translation's (the text that guides the model).

@@ -31,9 +31,10 @@ from extproc.testing import (
     run_stream,
     run_stream_reset,
 )
+from tests.unit.guard_helpers import config_with
 from tests.unit.sse_play import only_line
 from tests.unit.test_accounting_review_streams import OPENAI_KEY, sample
-from tests.unit.test_guard_flow import immediate
+from tests.unit.test_guard_flow import WORKSHOP, Gateway, immediate
 from tests.unit.test_quota_estimate_guarded_parts import reserved
 from tests.unit.test_quota_review import gateway
 
@@ -439,3 +440,19 @@ async def test_the_mock_speaks_deterministic_audio_in_the_format_asked(
     )
     assert answer.content.startswith(b"RIFF")
     assert answer.response.headers["content-type"] == "audio/wav"
+
+
+async def test_request_guards_read_what_is_read_aloud() -> None:
+    # A route's guards: a refused topic is refused, an email masked before it is spoken,
+    # and the characters billed are those the provider was sent.
+    gateway = Gateway(config_with(WORKSHOP, {"openai-audio-speech": {"guardrails": "workshop"}}))
+    refused = await send(gateway.processor, speech(input="My credit card is due."), chunks=())
+    status, _ = immediate(refused[-1])
+    assert status == 403
+    spoken = "Write to bob@example.com today."
+    answers = await send(gateway.processor, speech(input=spoken, instructions="Say it slowly."))
+    sent_on = orjson.loads(answers[1].request_body.response.body_mutation.body)
+    assert "bob@example.com" not in sent_on["input"]
+    assert sent_on["instructions"] == "Say it slowly."
+    line = gateway.log()
+    assert line["prompt_tokens"] == len(sent_on["input"])
