@@ -702,7 +702,7 @@ def _speech_request(
     billed by tokens asked for the event stream that alone carries them
     (``speech_api.provider_body``)."""
     endpoint = audio_api.upstream_path(ctx.path) + suffix
-    changed = speech_api.provider_body(parsed, upstream.upstream_model)
+    changed = speech_api.provider_body(parsed, ctx.model or "", upstream.upstream_model)
     if changed is None:
         return _pass_through(ctx, parsed, upstream, endpoint)
     return RequestPlan(
@@ -716,8 +716,8 @@ def _speech_answer_plan(ctx: RequestContext, streaming: bool) -> ResponsePlan:
     audio decoded for a client that asked for the raw audio."""
     body = ctx.body or {}
     upstream_model = ctx.upstream_model or ""
-    allowance = speech_api.audio_allowance(body, upstream_model)
-    if not speech_api.reports_tokens(upstream_model):
+    allowance = speech_api.audio_allowance(body, ctx.model or "", upstream_model)
+    if not speech_api.reports_tokens(ctx.model or "", upstream_model):
         return ResponsePlan(SpeechAudioReader(speech_api.characters(body)), streamed=True)
     if not streaming:
         # Raw audio from a model billed by tokens (a provider that ignored the

@@ -56,9 +56,10 @@ CONTENT_TYPES = {
 AUDIO = "audio"
 SSE = "sse"
 STREAM_FORMATS = (AUDIO, SSE)
-# OpenAI's models that report their usage in tokens, and only in an SSE stream's
-# speech.audio.done event (tts-1 and tts-1-hd stream no events, and report nothing).
-_TOKEN_MODELS = ("gpt-4o-mini-tts",)
+# OpenAI's models billed per character of their input, which stream no events and report
+# nothing: tts-1 and tts-1-hd (and their dated versions). Every other speech model
+# (gpt-4o-mini-tts) bills tokens, reported only in an SSE stream's speech.audio.done.
+_PER_CHARACTER_MODELS = ("tts-1",)
 # The audio output tokens the quota reserves per character of input (the docstring).
 AUDIO_TOKENS_PER_CHARACTER = 2
 # OpenAI's range of speed.
@@ -110,27 +111,38 @@ def characters(body: dict[str, Any]) -> int:
     return len(text) if isinstance(text, str) else 0
 
 
-def reports_tokens(upstream_model: str) -> bool:
-    """Whether the provider's model bills tokens, reported in an SSE stream only."""
-    return upstream_model.startswith(_TOKEN_MODELS)
+def reports_tokens(model: str, upstream_model: str) -> bool:
+    """Whether a speech model bills tokens, reported in an SSE stream only: every one but
+    tts-1's family, which bills characters. Known by the gateway's name for the model
+    (``model``) as well as the provider's: a deployment under a name of its own (Azure's
+    `my-voice`) is billed as the model the gateway names. A model neither names as
+    tts-1's is asked for the events, so that one misnamed fails loudly (the provider's
+    400 for events it cannot stream) rather than being billed per character, far below
+    its tokens' price."""
+    return not (
+        model.startswith(_PER_CHARACTER_MODELS) or upstream_model.startswith(_PER_CHARACTER_MODELS)
+    )
 
 
-def refuse_unserved_stream(model: str, upstream_model: str, body: dict[str, Any]) -> None:
+def refuse_unserved_stream(
+    shown: str, model: str, upstream_model: str, body: dict[str, Any]
+) -> None:
     """Refuse events asked of a model billed per character: OpenAI streams none from
-    tts-1 and tts-1-hd (its 400, before any quota)."""
-    if body.get("stream_format") == SSE and not reports_tokens(upstream_model):
+    tts-1 and tts-1-hd (its 400, before any quota). ``shown``: the name the refusal
+    names (the client's: a model group's)."""
+    if body.get("stream_format") == SSE and not reports_tokens(model, upstream_model):
         raise BadRequestError(
-            f"stream_format 'sse' is not supported by '{model}'; leave it out or send "
+            f"stream_format 'sse' is not supported by '{shown}'; leave it out or send "
             "stream_format: audio",
             param="stream_format",
         )
 
 
-def provider_body(body: dict[str, Any], upstream_model: str) -> dict[str, Any] | None:
+def provider_body(body: dict[str, Any], model: str, upstream_model: str) -> dict[str, Any] | None:
     """The body the provider is sent in place of the client's (under its name for the
     model): events asked of a model billed by tokens, whose usage they alone carry; None
     where the client's does."""
-    if not reports_tokens(upstream_model) or body.get("stream_format") == SSE:
+    if not reports_tokens(model, upstream_model) or body.get("stream_format") == SSE:
         return None
     return {**body, "model": upstream_model, "stream_format": SSE}
 
@@ -140,9 +152,9 @@ def client_wants_events(body: dict[str, Any]) -> bool:
     return body.get("stream_format") == SSE
 
 
-def audio_allowance(body: dict[str, Any], upstream_model: str) -> int:
+def audio_allowance(body: dict[str, Any], model: str, upstream_model: str) -> int:
     """The audio output tokens the quota reserves: none for a model billed per character."""
-    if not reports_tokens(upstream_model):
+    if not reports_tokens(model, upstream_model):
         return 0
     speed = body.get("speed", 1.0)
     if not isinstance(speed, (int, float)) or isinstance(speed, bool):

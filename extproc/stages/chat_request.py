@@ -174,7 +174,7 @@ class ChatRequestStage:
         check_model_kind(ctx, model, route)
         if route.api is RouteApi.OPENAI_AUDIO and is_speech(endpoint_of(ctx.path)):
             # Before the quota, as OpenAI would refuse it.
-            refuse_unserved_stream(model, upstream.upstream_model, parsed)
+            refuse_unserved_stream(asked, model, upstream.upstream_model, parsed)
         ctx.provider = upstream.provider.name
         ctx.provider_type = upstream.provider.type
         ctx.provider_api = provider_api(upstream)
@@ -264,6 +264,8 @@ def choose_member(
             # Claude on Vertex) would otherwise get a 400 on some draws and not others.
             # ctx.model is still the group's name: a refusal names the group.
             check_translation(ctx, parsed, upstream)
+            if route.api is RouteApi.OPENAI_AUDIO and is_speech(endpoint_of(ctx.path)):
+                refuse_unserved_stream(group.name, name, upstream.upstream_model, parsed)
         except BadRequestError as refused:
             refusal = refusal or refused
             continue

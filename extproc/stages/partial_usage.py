@@ -256,8 +256,9 @@ def _counted_usage(ctx: RequestContext, body: dict[str, Any], failure: StreamFai
             total_tokens=counted.prompt_tokens + completion,
             server_tool_requests=tools,
             # The pictures of an image stream cut while drawing (openai_images), charged
-            # at the image price.
+            # at the image price; the audio of a speech stream, at the audio output price.
             image_output_tokens=min(failure.image_output_tokens, completion),
+            audio_output_tokens=min(failure.audio_output_tokens, completion),
         )
     else:
         # The prompt side as the provider reported it: its cache reads, its cache writes

@@ -59,7 +59,7 @@ from extproc.quota.thinking_budget import (
     thinking_budget,
 )
 from extproc.runtime import Upstream
-from extproc.speech_api import audio_allowance
+from extproc.speech_api import audio_allowance, reports_tokens
 from extproc.stages.subject_credentials import refuse_credential_in_subjects
 from extproc.store.outage_log import OutageLog
 from extproc.translators import openai_bedrock
@@ -309,9 +309,15 @@ def estimated_usd_micros(ctx: RequestContext, prompt: int, completion: int) -> i
     table = ctx.runtime.prices
     audio = audio_prompt_usage(ctx, prompt)
     if audio is not None:
-        # Speech to text (which never fails over): the audio at its own price, whisper-1's
-        # by the minute, as its bill will be, not at the text input price.
-        usage = replace(audio, completion_tokens=completion, total_tokens=prompt + completion)
+        # The audio API (which never fails over): priced as its bill will be, not at the
+        # text prices: a transcription's audio at its own price (whisper-1's by the
+        # minute), tts-1's characters at theirs, the speech gpt-4o-mini-tts writes as audio.
+        usage = replace(
+            audio,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            audio_output_tokens=completion if ctx.form is None else 0,
+        )
         return usd_micros(table.cost(ctx.model, usage).picousd)
     priced = [prices for model in models if (prices := table.prices(model)) is not None]
     if not priced:
@@ -320,13 +326,19 @@ def estimated_usd_micros(ctx: RequestContext, prompt: int, completion: int) -> i
 
 
 def audio_prompt_usage(ctx: RequestContext, prompt: int) -> Usage | None:
-    """A speech-to-text request's ``prompt`` estimate as a usage to price: the audio's
-    part of it (from the file's size, ``audio_api``) as audio tokens and seconds, so that
-    it is priced as the provider's report of it would be (audio tokens at the audio
-    input price, whisper-1's seconds by the minute); None for any other request."""
+    """An audio request's ``prompt`` estimate as a usage to price, as the provider's
+    report of it would be: a transcription's audio part (from the file's size,
+    ``audio_api``) as audio tokens and seconds (audio tokens at the audio input price,
+    whisper-1's seconds by the minute); tts-1's characters as billable characters (at
+    its per-character price); None for any other request."""
     route = ctx.route
-    if route is None or route.api is not RouteApi.OPENAI_AUDIO or ctx.form is None:
+    if route is None or route.api is not RouteApi.OPENAI_AUDIO:
         return None
+    if ctx.form is None:
+        # Text to speech: its estimate is the characters of its input.
+        if reports_tokens(ctx.model or "", ctx.upstream_model or ""):
+            return Usage(prompt, 0, prompt)
+        return Usage(prompt, 0, prompt, billable_characters=prompt)
     seconds = estimated_seconds(ctx.form)
     audio = min(audio_prompt_tokens(ctx.form), prompt)
     return Usage(prompt, 0, prompt, audio_tokens=audio, audio_seconds=float(seconds))
@@ -389,7 +401,7 @@ def reserved_completion(ctx: RequestContext, member: Upstream | None = None) -> 
     if route is not None and route.api is RouteApi.OPENAI_AUDIO:
         if ctx.form is None:
             # Text-to-speech: the audio a model billed by tokens may write (speech_api).
-            return audio_allowance(ctx.body, ctx.upstream_model or "")
+            return audio_allowance(ctx.body, ctx.model or "", ctx.upstream_model or "")
         return transcript_allowance(ctx.form)  # the transcript of the audio's estimate
     default_max_tokens = ctx.runtime.config.quotas.default_max_tokens
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
@@ -619,7 +631,7 @@ def _least_completion(ctx: RequestContext) -> int:
     if route is not None and route.api is RouteApi.OPENAI_AUDIO:
         # Nothing bounds a transcript, or speech: room for the estimate, or a 429.
         if ctx.form is None and ctx.body is not None:
-            return audio_allowance(ctx.body, ctx.upstream_model or "")
+            return audio_allowance(ctx.body, ctx.model or "", ctx.upstream_model or "")
         return transcript_allowance(ctx.form)
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
         if converse_api.is_prompt(ctx.upstream_model or ""):

@@ -80,7 +80,9 @@ class SpeechAudioReader:
         reported none."""
         if self._characters is not None:
             return None
-        return StreamFailure(None, completion_tokens=self._allowance)
+        return StreamFailure(
+            None, completion_tokens=self._allowance, audio_output_tokens=self._allowance
+        )
 
 
 class SpeechEventReader:
@@ -143,10 +145,13 @@ class SpeechEventReader:
                 ProviderStreamError.from_openai(found),
                 began=self._began,
                 completion_tokens=self._allowance if self._began else None,
+                audio_output_tokens=self._allowance if self._began else 0,
             )
         return b""
 
     def counts_so_far(self) -> StreamFailure | None:
         """A stream cut before its done event: the audio the quota reserved (the gateway
-        cannot count audio tokens from the bytes that came)."""
-        return StreamFailure(None, completion_tokens=self._allowance)
+        cannot count audio tokens from the bytes that came), as audio output."""
+        return StreamFailure(
+            None, completion_tokens=self._allowance, audio_output_tokens=self._allowance
+        )

@@ -10,20 +10,28 @@ from __future__ import annotations
 
 import base64
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import yaml
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from openai import AsyncOpenAI
 
 from extproc import headers
+from extproc.config import GatewayConfig, parse_config
+from extproc.context import RequestContext
 from extproc.mock_llm.speech_api import spoken
+from extproc.model_groups import Balancer
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
-from extproc.runtime import Services
+from extproc.runtime import Runtime, Services
+from extproc.stages.quota import estimated_usd_micros
+from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
+    processor_for,
     request_body,
     request_headers,
     response_body,
@@ -31,6 +39,7 @@ from extproc.testing import (
     run_stream,
     run_stream_reset,
 )
+from tests.unit.conftest import MemoryLog
 from tests.unit.guard_helpers import config_with
 from tests.unit.sse_play import only_line
 from tests.unit.test_accounting_review_streams import OPENAI_KEY, sample
@@ -456,3 +465,94 @@ async def test_request_guards_read_what_is_read_aloud() -> None:
     assert sent_on["instructions"] == "Say it slowly."
     line = gateway.log()
     assert line["prompt_tokens"] == len(sent_on["input"])
+
+
+# --- found in review: billed by what the model is, whatever its name upstream -------------
+
+
+def speech_config(**pricing: dict[str, float]) -> GatewayConfig:
+    """The default config with an Azure-style deployment of gpt-4o-mini-tts (its own name
+    upstream), a group of it and tts-1, and ``pricing`` over the default prices."""
+    raw = yaml.safe_load(Path("config/gateway.yaml").read_text(encoding="utf-8"))
+    raw["models"].append(
+        {"name": "gpt-4o-mini-tts@azure", "provider": "mock", "upstream_model": "my-voice"}
+    )
+    raw["model_groups"] = [
+        {"name": "voice", "members": [{"model": "tts-1"}, {"model": "gpt-4o-mini-tts@azure"}]}
+    ]
+    raw["pricing"]["models"]["gpt-4o-mini-tts@azure"] = raw["pricing"]["models"][MINI]
+    raw["pricing"]["models"].update(pricing)
+    return parse_config(yaml.safe_dump(raw), "gateway.yaml", {})
+
+
+async def test_a_deployment_of_its_own_name_is_billed_by_the_model_the_gateway_names() -> None:
+    # The provider calls it my-voice: still gpt-4o-mini-tts, asked for its events.
+    services = Services(metrics=GatewayMetrics(), access_log=MemoryLog())
+    processor = processor_for(speech_config(), services)
+    answers = await send_events(processor, speech(model="gpt-4o-mini-tts@azure"), (events(AUDIO),))
+    upstream = sent_upstream(answers)
+    assert upstream is not None
+    assert (upstream["model"], upstream["stream_format"]) == ("my-voice", "sse")
+    line = only_line(services)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (14, 320)
+    assert cost(line) == (14 * MINI_IN + 320 * MINI_OUT) / 10**6
+
+
+async def test_a_group_asked_for_events_draws_only_members_that_stream_them() -> None:
+    services = Services(
+        metrics=GatewayMetrics(), access_log=MemoryLog(), balancer=Balancer(draw=lambda: 0.0)
+    )
+    processor = processor_for(speech_config(), services)
+    # The draw would pick tts-1, which streams no events: the other member serves it.
+    answers = await send_events(
+        processor, speech(model="voice", stream_format="sse"), (events(AUDIO),)
+    )
+    assert not answers[1].HasField("immediate_response")
+    assert only_line(services)["group_member"] == "gpt-4o-mini-tts@azure"
+
+
+async def test_an_estimate_prices_the_audio_and_the_characters_at_their_own_prices() -> None:
+    # Prices that tell the parts apart: gpt-4o-mini-tts's audio only at audio output,
+    # tts-1 at its per-character price only.
+    mini = {"input_per_million": 0.60, "output_per_million": 0, "audio_output_per_million": 12.0}
+    tts_1 = {
+        "input_per_million": 0,
+        "output_per_million": 0,
+        "input_per_thousand_characters": 0.015,
+    }
+    config = speech_config(**{MINI: mini, "tts-1": tts_1})
+    services = Services(metrics=GatewayMetrics(), access_log=MemoryLog())
+    processor = processor_for(config, services)
+    stream = events(AUDIO)
+    await run_stream_reset(
+        processor,
+        [
+            request_headers(SPEECH, headers=OPENAI_KEY),
+            request_body(speech(model=MINI)),
+            response_headers(200, SSE),
+            response_body(stream[: stream.index(b"\n\n") + 2], end_of_stream=False),
+        ],
+    )
+    # A cut stream: its audio estimate (90 tokens) at the audio output price.
+    line = only_line(services)
+    assert (line["completion_tokens"], line["completion_audio_tokens"]) == (90, 90)
+    assert cost(line) == (45 * MINI_IN + 90 * MINI_OUT) / 10**6
+    services = Services(metrics=GatewayMetrics(), access_log=MemoryLog())
+    processor = processor_for(config, services)
+    await run_stream_reset(
+        processor,
+        [
+            request_headers(SPEECH, headers=OPENAI_KEY),
+            request_body(speech()),
+            response_headers(200, MP3),
+            response_body(AUDIO[:100], end_of_stream=False),
+        ],
+    )
+    # A cut tts-1 answer: its characters at the per-character price.
+    assert cost(only_line(services)) == 45 * TTS_1 / 10**6
+    # A budget reserves gpt-4o-mini-tts's audio at its price too: 45 characters at
+    # $0.60 a million (27 micros) and 90 audio tokens at $12 (1,080).
+    ctx = RequestContext(runtime=Runtime(config, Services(GatewayMetrics(), MemoryLog())))
+    ctx.route = ctx.runtime.routes.named("openai-audio-speech")
+    ctx.model, ctx.upstream_model, ctx.body = MINI, MINI, orjson.loads(speech(model=MINI))
+    assert estimated_usd_micros(ctx, 45, 90) == 27 + 1_080
