@@ -96,6 +96,17 @@ def check_speech_body(body: dict[str, Any]) -> None:
             f"'stream_format' must be one of {', '.join(STREAM_FORMATS)}",
             param="stream_format",
         )
+    speed = body.get("speed", 1.0)
+    if (
+        isinstance(speed, bool)
+        or not isinstance(speed, (int, float))
+        or not _SLOWEST <= speed <= _FASTEST
+    ):
+        # The audio reserved depends on it (slower speech, more audio): a value the
+        # provider would refuse is refused before the quota, as OpenAI refuses it.
+        raise BadRequestError(
+            f"'speed' must be a number from {_SLOWEST} to {_FASTEST}", param="speed"
+        )
     if "stream" in body:
         # Not OpenAI's field here: a stream is asked with stream_format, and the
         # gateway reads the answer by it.
@@ -156,10 +167,8 @@ def audio_allowance(body: dict[str, Any], model: str, upstream_model: str) -> in
     """The audio output tokens the quota reserves: none for a model billed per character."""
     if not reports_tokens(model, upstream_model):
         return 0
-    speed = body.get("speed", 1.0)
-    if not isinstance(speed, (int, float)) or isinstance(speed, bool):
-        speed = 1.0
-    speed = min(max(float(speed), _SLOWEST), _FASTEST)
+    # A number from _SLOWEST to _FASTEST: check_speech_body refused any other.
+    speed = float(body.get("speed", 1.0))
     return math.ceil(characters(body) * AUDIO_TOKENS_PER_CHARACTER / speed)
 
 

@@ -179,6 +179,9 @@ async def refused(processor: Processor, body: bytes, path: str = SPEECH) -> tupl
         (speech(stream_format="chunks"), "stream_format"),
         (speech(stream_format="sse"), "stream_format"),  # tts-1 streams no events
         (speech(stream=True), "stream"),
+        (speech(speed="fast"), "speed"),
+        (speech(speed=4.5), "speed"),
+        (speech(speed=0.1), "speed"),
         (orjson.dumps({"input": TEXT, "voice": "alloy"}), "model"),
     ],
 )
