@@ -9,39 +9,18 @@ as one unpaged call.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
-from grpc import aio as grpc_aio
 
-from extproc.auth.stored_keys import StoredKeys
 from extproc.management.v1 import management_pb2 as pb
-from extproc.quota.store import QuotaStore
-from extproc.runtime import Runtime, Services
-from extproc.store.connection import connect
-from extproc.telemetry.access_log import AccessLog
-from extproc.telemetry.metrics import GatewayMetrics
 from tests.integration.valkey_cluster import ValkeyCluster
-from tests.unit.management_server import serving_management
-from tests.unit.test_management_paging import PREFIX, Api, gateway_config, listed, stored_keys
+from tests.unit.test_management_paging import Api, listed, serving_api, stored_keys
 
 
 @pytest.fixture
 async def api(cluster: ValkeyCluster) -> AsyncIterator[Api]:
-    runtime = Runtime(gateway_config(), Services(GatewayMetrics(), AccessLog(stdout=False)))
-    store: Any = cluster  # serving_management reads its url alone
-    async with serving_management(store, lambda: runtime, PREFIX) as served:
-        client = connect(cluster.url, 2.0)
-        quota_store = QuotaStore(client, PREFIX)
-        await quota_store.start()
-        channel = grpc_aio.insecure_channel(served.address)
-        try:
-            yield Api(served.address, client, runtime, StoredKeys(client, PREFIX), quota_store,
-                      channel)  # fmt: skip
-        finally:
-            await channel.close()
-            await quota_store.close()
-            await client.aclose()
+    async with serving_api(cluster) as served:
+        yield served
 
 
 async def test_keys_on_every_primary_list_once_in_pages(api: Api) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,11 +119,13 @@ class Api:
         return await run_admin_cli(self.address, TOKEN, *args)
 
 
-@pytest.fixture
-async def api(valkey: EmbeddedValkey) -> AsyncIterator[Api]:
+@asynccontextmanager
+async def serving_api(store: Any) -> AsyncIterator[Api]:
+    """The management API on ``store`` (a server or a Cluster: its ``url`` is read), and
+    the clients a test reaches it and the store with."""
     runtime = Runtime(gateway_config(), Services(GatewayMetrics(), AccessLog(stdout=False)))
-    async with serving_management(valkey, lambda: runtime, PREFIX) as served:
-        client = connect(valkey.url, 2.0)
+    async with serving_management(store, lambda: runtime, PREFIX) as served:
+        client = connect(store.url, 2.0)
         quota_store = QuotaStore(client, PREFIX)
         await quota_store.start()
         channel = grpc_aio.insecure_channel(served.address)
@@ -133,6 +136,12 @@ async def api(valkey: EmbeddedValkey) -> AsyncIterator[Api]:
             await channel.close()
             await quota_store.close()
             await client.aclose()
+
+
+@pytest.fixture
+async def api(valkey: EmbeddedValkey) -> AsyncIterator[Api]:
+    async with serving_api(valkey) as served:
+        yield served
 
 
 async def stored_keys(api: Api, count: int = STORED) -> dict[str, str]:
