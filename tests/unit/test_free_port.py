@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from extproc.config import parse_config
+from extproc.devstack import free_port_block
 from extproc.server import listening_ports
 from extproc.store.embedded import FREE_PORTS_ENV, _ephemeral_range, free_port
 
@@ -50,18 +51,21 @@ def test_the_ports_a_gateway_is_about_to_listen_on_are_not_handed_to_its_valkey(
     """The embedded Valkey starts before the gateway binds its own ports: free at that
     moment, those are not Valkey's to take (a test stack once failed to start when its
     Valkey had taken the ext_proc port it was about to bind)."""
+    # Five ports free now in this test process's own range (another process's stack, or
+    # one this process started earlier, may hold any fixed port).
+    base = free_port_block(5)
     text = (
         Path("config/gateway.yaml")
         .read_text()
         .replace("\nserver:\n", "\nserver:\n  workers: 2\n", 1)
     )
     environ = {
-        "EXTPROC_GRPC_ADDRESS": "127.0.0.1:24100",
-        "EXTPROC_HTTP_ADDRESS": "127.0.0.1:24102",
-        "EXTPROC_MANAGEMENT_ADDRESS": "127.0.0.1:24103",
+        "EXTPROC_GRPC_ADDRESS": f"127.0.0.1:{base}",
+        "EXTPROC_HTTP_ADDRESS": f"127.0.0.1:{base + 2}",
+        "EXTPROC_MANAGEMENT_ADDRESS": f"127.0.0.1:{base + 3}",
     }
     config = parse_config(text, "gateway.yaml", environ)
     ours = listening_ports(config)
-    assert ours == {24100, 24101, 24102, 24103}
-    monkeypatch.setenv(FREE_PORTS_ENV, "24100-24104")
-    assert all(free_port(ours) == 24104 for _ in range(30))
+    assert ours == {base, base + 1, base + 2, base + 3}
+    monkeypatch.setenv(FREE_PORTS_ENV, f"{base}-{base + 4}")
+    assert all(free_port(ours) == base + 4 for _ in range(30))
