@@ -471,6 +471,13 @@ class RequestContext:
         return self.model_group or self.model
 
     @property
+    def group_member(self) -> str | None:
+        """For a request that named a model group, the member that served it (after
+        failover, the chain member that answered): the log line's ``group_member``, the
+        span's ``aigw.group_member``. None for a request that named no group."""
+        return (self.answered_model or self.model) if self.model_group else None
+
+    @property
     def error_shape(self) -> str:
         """How this request's client expects errors: ``anthropic`` on Messages routes
         (and on the model list for a client that sends ``anthropic-version``: Anthropic's

@@ -1,23 +1,24 @@
 """One attempt of a failover request, in the router's upstream filter chain.
 
-Envoy runs this filter once per attempt, after it has picked the provider
-cluster for the attempt. The endpoint's metadata names the provider; the chain
-the downstream stage resolved when it admitted the request (a key it adds to
-the JSON body, ``headers.FAILOVER_CHAIN_KEY``) says which model that provider
-serves for this request, and a second key (``headers.FAILOVER_REQUEST_KEY``) which API the
-client speaks (OpenAI's chat completions, Responses API and its compaction, text
-completions or embeddings, Anthropic's Messages API, Gemini's generateContent,
-Bedrock's Converse or InvokeModel) with the client's headers that API's translation
-reads and, for the APIs whose path names the operation, whether it streams (each
-attempt rewrites the path), for the others the client's query (an earlier attempt's
-path, which Envoy replays, may have lost it). The stage then does what the downstream
-stages do for a request without failover: translate and sign the client's body for
-that provider, and translate the answer back to the client's API (an OpenAI stream
-always with its usage, which the downstream filter counts and hides from clients that
-did not ask for it; Claude's answers carry theirs). A Gemini or Bedrock client's body
-goes to a provider of its own API as it would without failover, under the attempt's
-model in the path and with the attempt's provider's token or signature, and its answer
-comes back unchanged. Logging, metrics and quotas stay downstream.
+Envoy runs this filter once per attempt, after it has picked the provider cluster for
+the attempt. The endpoint's metadata names the provider; the chain the downstream stage
+resolved when it admitted the request (a key it adds to the JSON body,
+``headers.FAILOVER_CHAIN_KEY``) says which model that provider serves for this request,
+and a second key (``headers.FAILOVER_REQUEST_KEY``) which API the client speaks
+(OpenAI's chat completions, Responses API and its compaction, text completions or
+embeddings, Anthropic's Messages API, Gemini's generateContent, Bedrock's Converse or
+InvokeModel) with the client's headers that API's translation reads and, for the APIs
+whose path names the operation, whether it streams (each attempt rewrites the path), for
+the others the client's query (an earlier attempt's path, which Envoy replays, may have
+lost it), and the model group the client asked for, if any (what the attempt's own
+metrics name, as the request's). The stage then does what the downstream stages do for a
+request without failover: translate and sign the client's body for that provider, and
+translate the answer back to the client's API (an OpenAI stream always with its usage,
+which the downstream filter counts and hides from clients that did not ask for it;
+Claude's answers carry theirs). A Gemini or Bedrock client's body goes to a provider of
+its own API as it would without failover, under the attempt's model in the path and with
+the attempt's provider's token or signature, and its answer comes back unchanged.
+Logging, metrics and quotas stay downstream.
 
 The answer names the chain member that served it in headers the downstream filter
 reads and removes. The request's dynamic metadata names it too, from the moment the
@@ -65,12 +66,13 @@ that cannot be sent this body (``serves_body``: what their provider's early chec
 translation would refuse), so an attempt's translation never refuses the client's body.
 
 An attempt whose answer Envoy retries (429, 5xx) while a later member remains counts it
-in ``aigw_upstream_errors_total``: the downstream filter only ever sees the last
-attempt's answer. Envoy decides by the status this filter hands it, the translated one:
-a provider's refusal of the gateway's credentials (401, 403 from Anthropic, Bedrock or
-Vertex) becomes the gateway's 502, an answer that cannot be translated a 502 too, so
-those are retried and counted (under the provider's own status, as downstream), and a
-status translated to one Envoy does not retry is the client's, counted downstream alone.
+in ``aigw_upstream_errors_total`` (under the group the client asked for, else the
+chain's model): the downstream filter only ever sees the last attempt's answer. Envoy
+decides by the status this filter hands it, the translated one: a provider's refusal of
+the gateway's credentials (401, 403 from Anthropic, Bedrock or Vertex) becomes the
+gateway's 502, an answer that cannot be translated a 502 too, so those are retried and
+counted (under the provider's own status, as downstream), and a status translated to one
+Envoy does not retry is the client's, counted downstream alone.
 
 A provider's ``200`` whose body is its error (``translators.answer_errors``) is no
 answer either: an overloaded provider that says so in a ``200`` must move the chain on
@@ -93,8 +95,8 @@ Envoy replays one attempt's header changes into the next: each attempt removes e
 provider credential an earlier one set, and an Anthropic client's ``anthropic-version``
 and ``anthropic-beta`` (which a Vertex attempt rewrites, Vertex refusing flags it does
 not know) come back as the client sent them, from the body, before they are translated;
-an OpenAI chat client's ``anthropic-version`` too, which its translation for Claude reads.
-"""
+an OpenAI chat client's ``anthropic-version`` too, which its translation for Claude
+reads."""
 
 from __future__ import annotations
 
@@ -184,6 +186,9 @@ _LOGGED_PARAM_CHARS = 100
 # The key of the gateway's note to the attempts under which each attempt on a fallback
 # names itself in the store (store.attempts_in_flight).
 _RECORD = "record"
+# The key of the note naming the model group the client asked for, whose member's chain
+# the attempts serve: the name an attempt's own metrics carry, as the request's do.
+_GROUP = "group"
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +377,8 @@ def client_request(ctx: RequestContext) -> dict[str, Any]:
         if value is not None:
             carried[name] = value
     request: dict[str, Any] = {"api": route.api.value, "headers": carried}
+    if ctx.model_group is not None:
+        request[_GROUP] = ctx.model_group
     if route.api in _STREAM_IN_PATH:
         request["stream"] = ctx.stream
     else:
@@ -396,6 +403,8 @@ class AttemptRequest:
     query: str = ""
     # Where an attempt on a fallback names itself in the store (None: nowhere).
     record: str | None = None
+    # The model group the client asked for (None: it named none).
+    group: str | None = None
 
 
 def attempt_request(request: object) -> AttemptRequest:
@@ -411,11 +420,13 @@ def attempt_request(request: object) -> AttemptRequest:
     stream = request.get("stream") if isinstance(request, dict) else None
     query = request.get("query", "") if isinstance(request, dict) else ""
     record = request.get(_RECORD) if isinstance(request, dict) else None
+    group = request.get(_GROUP) if isinstance(request, dict) else None
     route = _ROUTES_BY_API.get(api) if isinstance(api, str) else None
     if (
         route is None
         or not isinstance(query, str)
         or not (record is None or (isinstance(record, str) and len(record) <= MAX_KEY_CHARS))
+        or not (group is None or isinstance(group, str))
         or not isinstance(carried, dict)
         or not all(isinstance(value, str) for value in carried.values())
         or (route.api in _STREAM_IN_PATH) is not isinstance(stream, bool)
@@ -426,7 +437,7 @@ def attempt_request(request: object) -> AttemptRequest:
         )
     in_path = stream if isinstance(stream, bool) else None
     carried_headers = {str(name): value for name, value in carried.items()}
-    return AttemptRequest(route, carried_headers, in_path, query, record)
+    return AttemptRequest(route, carried_headers, in_path, query, record, group)
 
 
 def chain_member(chain: object, provider: str) -> tuple[str, str] | None:
@@ -595,6 +606,9 @@ class AttemptStage:
             # The client's query, whatever an earlier attempt's path (replayed) kept of it.
             ctx.path = ctx.path.partition("?")[0] + (f"?{client.query}" if client.query else "")
         ctx.model, upstream = attempt_target(ctx, chain)
+        # The group the client asked for: what this attempt's metrics name, and a
+        # translated answer (Bedrock's) names, as without failover.
+        ctx.model_group = client.group
         if not serves_client_api(client.route.api, upstream):
             # The gateway's chain keeps no such member (failover_plan): not its note.
             raise UpstreamError(
@@ -771,8 +785,9 @@ class AttemptStage:
         client's answer, counted there (``ctx.failover_model`` is None then)."""
         if ctx.failover_model is None or not retried(handed):
             return
+        # Under the model the request's own series name: its group, else its chain's.
         ctx.runtime.services.metrics.upstream_error(
-            provider=ctx.provider or "", model=ctx.failover_model, status=label
+            provider=ctx.provider or "", model=ctx.model_group or ctx.failover_model, status=label
         )
         if ctx.provider is not None and label.isdigit() and fails_provider(int(label)):
             # A model group passes its member on this provider over for a while.

@@ -77,8 +77,7 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "route": ctx.route.name if ctx.route else None,
         "provider": ctx.provider,
         "model": ctx.asked_model,
-        # The group member that served (after failover, the chain member that answered).
-        "group_member": (ctx.answered_model or ctx.model) if ctx.model_group else None,
+        "group_member": ctx.group_member,
         "upstream_model": ctx.upstream_model,
         "response_model": ctx.response_model,
         "stream": ctx.stream and not ctx.stream_unasked,

@@ -42,6 +42,9 @@ SPAN_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("gen_ai.operation.name", "operation"),
     ("gen_ai.provider.name", "provider_type"),
     ("gen_ai.request.model", "model"),
+    # A model group's member that served (gen_ai.request.model is then the group's name;
+    # gen_ai.response.model is what the provider said answered, not the gateway's name).
+    ("aigw.group_member", "group_member"),
     ("gen_ai.response.model", "response_model"),
     ("gen_ai.usage.input_tokens", "prompt_tokens"),
     ("gen_ai.usage.output_tokens", "completion_tokens"),
@@ -177,6 +180,7 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
             GEN_AI_PROVIDER_NAMES.get(ctx.provider_type.value) if ctx.provider_type else None,
         ),
         ("model", ctx.asked_model),
+        ("group_member", ctx.group_member),
         ("response_model", ctx.response_model),
         ("api_key_id", identity.api_key_id),
         ("user_id", identity.user_id),

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
+import yaml
 from prometheus_client import generate_latest
 
 from extproc import headers
@@ -20,10 +22,14 @@ from extproc.config import parse_config
 from extproc.config.budget_prices import unpriced_budget_warnings
 from extproc.config.load_warnings import config_warnings
 from extproc.config.loader import ConfigError
+from extproc.context import PhaseOutput
 from extproc.envoy_failover import failover_cluster_name
 from extproc.model_groups import Balancer
+from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
 from extproc.server import Gateway
+from extproc.stages.attempt import attempt_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.response_owners import ResponseOwner, ResponseOwners
@@ -37,6 +43,11 @@ from extproc.testing import (
     run_stream,
 )
 from tests.unit.conftest import MemoryLog
+from tests.unit.test_anthropic_failover import running
+from tests.unit.test_failover_cut_attempts import attempt
+from tests.unit.test_openai_failover import DEFAULT, admitted
+from tests.unit.test_openai_failover import attempt as failover_attempt
+from tests.unit.test_span_cache_tokens import span_attributes
 
 CONFIG = """
 providers:
@@ -564,3 +575,119 @@ def test_a_price_under_the_groups_name_is_warned_of() -> None:
     assert warning.startswith("pricing.models.MIXED: prices model group 'mixed'")
     assert "price its members (gpt-east, claude-a)" in warning
     assert config_warnings(parse_config(CONFIG, "gateway.yaml", {})) == []
+
+
+# What an operator graphs per model: every series of a group's request under the group.
+
+ANSWER = orjson.dumps(
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "gpt-4o-2024-08-06",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hi."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10},
+    }
+)
+ANSWERED_BY_WEST = {
+    headers.ANSWERED_BY_PROVIDER: "west",
+    headers.ANSWERED_BY_MODEL: "gpt-west",
+    headers.ANSWERED_UPSTREAM_MODEL: "gpt-4o",
+}
+
+
+async def failed_over(services: Services) -> list[Any]:
+    """A request for the group drawn to gpt-east, whose provider answers 503: Envoy
+    retries on gpt-west (gpt-east's fallback), which answers. The downstream filter's
+    answers; each attempt runs through the processor's attempt stages as Envoy runs it."""
+    runtime = Runtime(parse_config(WITH_FALLBACK, "gateway.yaml", {}), services)
+    processor = Processor(lambda: runtime, default_stages(), attempt_stages())
+    answers: list[Any] = []
+
+    async def envoy() -> AsyncIterator[Any]:
+        for message in chat("gpt-4o"):
+            yield message
+        sent = answers[-1].request_body.response.body_mutation.body
+        await attempt(processor, "east", sent, 503, b'{"error": {"message": "overloaded"}}')
+        await attempt(processor, "west", sent, 200, ANSWER)
+        yield response_headers(200, ANSWERED_BY_WEST)
+        yield response_body(ANSWER)
+
+    async for answer in processor.process(envoy()):
+        answers.append(answer)
+    return answers
+
+
+def sample(services: Services, name: str, **labels: str) -> float:
+    return services.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_members_failover_counts_under_the_group_as_its_requests_do() -> None:
+    services = services_with(Balancer(draw=Draws(0.0)))  # gpt-east
+    await failed_over(services)
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert (line["model"], line["group_member"], line["provider"]) == ("gpt-4o", "gpt-west", "west")
+    # The attempt Envoy retried, the failover and the request: one model, the group's,
+    # so that errors / requests per model holds for a group; the providers the members'.
+    errors = {"model": "gpt-4o", "provider": "east", "status_code": "503"}
+    assert sample(services, "aigw_upstream_errors_total", **errors) == 1
+    failovers = {"model": "gpt-4o", "to_model": "gpt-west"}
+    assert sample(services, "aigw_failovers_total", **failovers) == 1
+    requests = {"route": "chat", "model": "gpt-4o", "provider": "west", "status_code": "200"}
+    assert sample(services, "aigw_requests_total", **requests) == 1
+    page = generate_latest(services.metrics.registry).decode()
+    assert 'model="gpt-east"' not in page
+
+
+async def test_the_span_names_the_member_that_served() -> None:
+    # Drawn gpt-west, no failover: the member drawn.
+    services = services_with(Balancer(draw=Draws(0.9)))
+    processor = processor_for(parse_config(CONFIG, "gateway.yaml", {}), services)
+    answers = await run_stream(
+        processor, [*chat("gpt-4o"), response_headers(200), response_body(ANSWER)]
+    )
+    span = span_attributes(answers)
+    assert (span["gen_ai.request.model"], span["aigw.group_member"]) == ("gpt-4o", "gpt-west")
+    assert span["aigw.provider"] == "west"
+    # After failover, the chain member that answered, as the log line's group_member.
+    span = span_attributes(await failed_over(services_with(Balancer(draw=Draws(0.0)))))
+    assert (span["gen_ai.request.model"], span["aigw.group_member"]) == ("gpt-4o", "gpt-west")
+    # A request that named no group has none.
+    answers = await run_stream(
+        processor, [*chat("gpt-west"), response_headers(200), response_body(ANSWER)]
+    )
+    assert "aigw.group_member" not in span_attributes(answers)
+
+
+async def test_a_fallbacks_translated_answer_names_the_group() -> None:
+    # Titan in another Bedrock account, falling over to Titan in the usual one: the
+    # fallback's translated answer names what the client asked for, as the member's does.
+    raw = yaml.safe_load(DEFAULT)
+    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
+    europe = {"region": "eu-west-1", "access_key_id": "AKIDEUROPE", "secret_access_key": "eu"}
+    raw["providers"].append({**bedrock, "name": "bedrock-eu", "aws": europe})
+    titan = "amazon.titan-embed-text-v2:0"
+    raw["models"].append(
+        {"name": "titan-main", "provider": "bedrock-eu", "upstream_model": titan,
+         "kind": "embeddings", "fallbacks": [titan]}
+    )  # fmt: skip
+    raw["model_groups"] = [{"name": "titan-pool", "members": [{"model": "titan-main"}]}]
+    cfg = parse_config(yaml.safe_dump(raw), "test", {})
+    services = services_with(Balancer())
+    _, body = await admitted(cfg, services, "/v1/embeddings", {"model": "titan-pool", "input": "x"})
+    async with running(cfg, services) as runtime:
+        ctx, _, stage = failover_attempt(runtime, "mock-bedrock", "/v1/embeddings", body)
+    stage.response_headers(
+        ctx, PhaseOutput(), {":status": "200", "content-type": "application/json"}
+    )
+    vectors = PhaseOutput()
+    stage.response_body(
+        ctx, vectors, orjson.dumps({"embedding": [0.5], "inputTextTokenCount": 3}), True
+    )
+    assert vectors.body is not None
+    assert orjson.loads(vectors.body)["model"] == "titan-pool"
