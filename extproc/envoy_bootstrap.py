@@ -514,6 +514,8 @@ def _access_log(metadata_filter: Json, method: str, path: str) -> Json:
                             "route",
                             "provider",
                             "model",
+                            # A model group's member that served (null without one).
+                            "group_member",
                             # What the provider said answered (a dated snapshot of
                             # the name sent; null for Bedrock, which names none).
                             "response_model",

@@ -14,7 +14,14 @@ import pytest
 from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import GatewayLog, mock_requests, run_cli, running_stack
+from tests.integration.conftest import (
+    GatewayLog,
+    envoy_access_line,
+    mock_requests,
+    run_cli,
+    running_stack,
+    wait_for,
+)
 
 GROUP = "gpt-4o-balanced"
 REQUESTS = 30
@@ -95,6 +102,11 @@ def test_requests_for_a_group_are_spread_over_its_members(group_stack: LocalStac
     assert set(members) == {("gpt-east", "east"), ("gpt-west", "west")}, members
     assert members[("gpt-east", "east")] == by_key["Bearer east-key-123456"]
     assert all(line["total_tokens"] > 0 and line["http_status_code"] == 200 for line in lines)
+    # Envoy's own access line names them too, as the gateway's line does.
+    for line in lines[:3]:
+        envoy = wait_for(lambda line=line: envoy_access_line(group_stack, line["request_id"]))
+        assert envoy is not None, "no Envoy access log line for the request"
+        assert (envoy["model"], envoy["group_member"]) == (GROUP, line["group_member"])
 
     # The quota rule naming the group counted every request, whichever member served it.
     done = run_cli(
