@@ -26,6 +26,7 @@ from grpc import aio as grpc_aio
 from extproc.auth.api_keys import key_digest
 from extproc.auth.stored_keys import StoredKeys
 from extproc.config import GatewayConfig, parse_config
+from extproc.config.auth_model import ApiKeyConfig
 from extproc.context import Identity
 from extproc.devstack import DEFAULT_CONFIG
 from extproc.management.v1 import management_pb2 as pb
@@ -120,10 +121,12 @@ class Api:
 
 
 @asynccontextmanager
-async def serving_api(store: Any) -> AsyncIterator[Api]:
-    """The management API on ``store`` (a server or a Cluster: its ``url`` is read), and
-    the clients a test reaches it and the store with."""
-    runtime = Runtime(gateway_config(), Services(GatewayMetrics(), AccessLog(stdout=False)))
+async def serving_api(store: Any, config: GatewayConfig | None = None) -> AsyncIterator[Api]:
+    """The management API on ``store`` (a server or a Cluster: its ``url`` is read) with
+    ``config`` (``gateway_config()`` unless given), and the clients a test reaches it and
+    the store with."""
+    config = config or gateway_config()
+    runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
     async with serving_management(store, lambda: runtime, PREFIX) as served:
         client = connect(store.url, 2.0)
         quota_store = QuotaStore(client, PREFIX)
@@ -158,6 +161,23 @@ async def other_keys(api: Api, count: int = 5000) -> None:
     """Keys of other programs in the same store, so that a pass over the listing's keys
     takes many SCAN calls (as in a store of usage rollups and counters)."""
     await api.client.mset({f"elsewhere:{index}": "1" for index in range(count)})
+
+
+def crowded_config(count: int, users: dict[int, str]) -> GatewayConfig:
+    """``gateway_config()`` with ``count`` more config keys, ``crowd-00000`` on, each of
+    the user ``users`` names by its number, else of ``crowd``. Built as objects, as the
+    loader builds them: 10,000 keys parsed from YAML take seconds."""
+    config = gateway_config()
+    crowd = [
+        ApiKeyConfig(
+            id=f"crowd-{index:05}",
+            key_sha256=hashlib.sha256(f"crowd-secret-{index}".encode()).hexdigest(),
+            user_id=users.get(index, "crowd"),
+        )
+        for index in range(count)
+    ]
+    auth = config.auth.model_copy(update={"api_keys": (*config.auth.api_keys, *crowd)})
+    return config.model_copy(update={"auth": auth})
 
 
 def listed(pages: list[pb.ListKeysResponse]) -> list[tuple[str, str]]:
@@ -246,6 +266,31 @@ async def test_a_page_may_hold_fewer_keys_than_asked_while_more_follow(api: Api)
     assert sorted(found) == sorted(
         [("config", "team2")] + [("store", f"key-{index:03}") for index in range(1, 40, 2)]
     )
+
+
+async def test_a_page_looks_at_ten_thousand_config_keys_and_answers_what_it_found(
+    valkey: EmbeddedValkey,
+) -> None:
+    # A config of 10,050 keys, few of them carol's, some on either side of where the
+    # first page stops looking: that page answers the few it found, with a token, rather
+    # than holding the event loop for a pass over every key.
+    carols = [0, 1234, 5000, 9998, 9999, 10_000, 10_049]
+    config = crowded_config(10_050, {index: "carol" for index in carols})
+    async with serving_api(valkey, config) as api:
+        await api.keys.create(new_key("stored-carol", user_id="carol"))
+        request = pb.ListKeysRequest(user_id="carol", page_size=50)
+
+        pages = await api.key_pages(request)
+        whole = await api.list_keys(pb.ListKeysRequest(user_id="carol"))
+
+    assert [len(page.keys) for page in pages[:2]] == [5, 3]
+    assert pages[0].next_page_token
+    found = listed(pages)
+    assert len(found) == len(set(found))
+    assert found == listed([whole])
+    assert found == [("config", f"crowd-{index:05}") for index in carols] + [
+        ("store", "stored-carol")
+    ]
 
 
 async def test_a_page_size_above_the_most_counts_as_the_most(api: Api) -> None:
