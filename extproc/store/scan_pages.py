@@ -19,7 +19,10 @@ were never given whatever their marks.
 
 On a Redis Cluster each primary has cursors of its own: the position names the primary
 (by ``host:port``, in the order of their names) and its cursor, and the scan moves to
-the next primary when one's cursor comes back to 0.
+the next primary when one's cursor comes back to 0. A position whose primary is one no
+longer (by the client's map, or by the node's own word: the map is read again only
+when a command fails, so it still names a primary the old one of a failover that lives
+on as a replica) is refused: its cursor is no primary's now.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ _MARK_BYTES = 8
 
 
 class ScanTopologyError(Exception):
-    """The Cluster primary a position names is gone (a failover or a resharding since the
-    page before): the listing cannot know what it has given."""
+    """The Cluster primary a position names is one no longer (a failover or a resharding
+    since the page before): the listing cannot know what it has given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +87,11 @@ async def scan_batch(client: Any, at: ScanPosition, match: str, count: int) -> S
     if isinstance(client, RedisCluster):
         nodes = sorted(client.get_primaries(), key=lambda node: node.name)
         names = [node.name for node in nodes]
-        if at.node and at.node not in names:
+        if at.node and (at.node not in names or not await _still_primary(client, at.node)):
             raise ScanTopologyError(
                 f"the store's Cluster primary {at.node} the page before was read from is"
-                " gone (a failover or a resharding since): list again from the first page"
+                " no longer one (a failover or a resharding since): list again from the"
+                " first page"
             )
         index = names.index(at.node) if at.node else 0
         # Each node's cursor by its name, and the names it gave.
@@ -108,6 +112,20 @@ async def scan_batch(client: Any, at: ScanPosition, match: str, count: int) -> S
     after = at.after if int(cursor) == at.until else ""
     left = [(text, name_mark) for name_mark, text in marked if name_mark > after]
     return ScanBatch(left, ScanPosition(node, at.cursor, after), following, int(cursor))
+
+
+async def _still_primary(client: RedisCluster, name: str) -> bool:
+    """Whether the node ``name`` says it is a primary. The client's map of the Cluster
+    is read again only when a command fails: after a failover whose old primary lives on
+    as a replica, the map still names it a primary, and SCAN there answers as before
+    (from a replica that may lag). When it is no primary, the map is read again, so
+    that the listing asked for again walks the primaries the Cluster has now."""
+    node = client.get_node(node_name=name)
+    role: Any = await client.execute_command("ROLE", target_nodes=node)
+    if _text(role[0]) == "master":
+        return True
+    await client.nodes_manager.initialize()
+    return False
 
 
 def _text(raw: bytes | str) -> str:

@@ -136,6 +136,64 @@ class ValkeyCluster:
         assert process is not None
         process.send_signal(signal.SIGCONT)
 
+    def add_replica(self, index: int, timeout_s: float = 15.0) -> int:
+        """Start a node that replicates node ``index`` (its index is returned, and stop()
+        ends it too); returns once it holds the primary's data and every node knows it."""
+        primary = self.nodes[index]
+        port, bus_port = _distinct_free_ports(2)
+        node_dir = self.workdir / f"node{len(self.nodes)}"
+        node_dir.mkdir(parents=True, exist_ok=True)
+        # A replica serves no slot of its own: no slot is in this range.
+        replica = ClusterNode(port, bus_port, (SLOTS, SLOTS), node_dir)
+        self.nodes.append(replica)
+        deadline = time.monotonic() + timeout_s
+        self._spawn(replica)
+        self._wait(replica, deadline, lambda client: bool(client.ping()), "answering")
+        with primary.client() as client:
+            # Valkey waits 5 s for more replicas before a diskless sync starts.
+            client.config_set("repl-diskless-sync-delay", 0)
+            primary_id = str(client.execute_command("CLUSTER", "MYID"))  # type: ignore[no-untyped-call]
+        with replica.client() as client:
+            client.execute_command("CLUSTER", "MEET", HOST, primary.port, primary.bus_port)  # type: ignore[no-untyped-call]
+
+        def replicating(client: redis.Redis) -> bool:
+            try:
+                client.execute_command("CLUSTER", "REPLICATE", primary_id)  # type: ignore[no-untyped-call]
+            except redis.ResponseError:
+                return False  # the primary is not known to it yet
+            return True
+
+        self._wait(replica, deadline, replicating, "replicating")
+        synced = lambda client: client.info("replication").get("master_link_status") == "up"  # noqa: E731
+        self._wait(replica, deadline, synced, "in sync with its primary")
+        with replica.client() as client:
+            replica_id = str(client.execute_command("CLUSTER", "MYID"))  # type: ignore[no-untyped-call]
+
+        def known_as_replica(client: redis.Redis) -> bool:
+            # A failover needs its primary's consent and the other primaries' votes,
+            # which each gives only once it knows the node as that primary's replica.
+            fields = _node_fields(client, replica_id)
+            return "slave" in fields[2].split(",") and fields[3] == primary_id
+
+        for node in self.nodes:
+            self._wait(node, deadline, known_as_replica, f"knowing port {port} as a replica")
+        return len(self.nodes) - 1
+
+    def fail_over(self, index: int, timeout_s: float = 15.0) -> None:
+        """A manual failover to the replica ``index`` (CLUSTER FAILOVER): its primary
+        becomes its replica. Returns once every node names it a primary."""
+        replica = self.nodes[index]
+        with replica.client() as client:
+            replica_id = str(client.execute_command("CLUSTER", "MYID"))  # type: ignore[no-untyped-call]
+            client.execute_command("CLUSTER", "FAILOVER")  # type: ignore[no-untyped-call]
+
+        def agreed(client: redis.Redis) -> bool:
+            return "master" in _node_fields(client, replica_id)[2].split(",")
+
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            self._wait(node, deadline, agreed, f"agreeing that port {replica.port} is a primary")
+
     def _spawn(self, node: ClusterNode) -> None:
         node.log = (node.workdir / "valkey.log").open("ab")
         node.process = subprocess.Popen(
@@ -191,6 +249,16 @@ class ValkeyCluster:
                         f"Valkey node on port {node.port} not {what} in time:\n{node.log_tail()}"
                     )
                 time.sleep(0.05)
+
+
+def _node_fields(client: redis.Redis, node_id: str) -> list[str]:
+    """The fields of the node ``node_id`` in ``CLUSTER NODES`` as the node of ``client``
+    sees it (id, address, flags, primary ...); none when it does not know it yet."""
+    nodes = str(client.execute_command("CLUSTER", "NODES"))  # type: ignore[no-untyped-call]
+    return next(
+        (line.split() for line in nodes.splitlines() if line.startswith(node_id)),
+        ["", "", "", ""],
+    )
 
 
 def _distinct_free_ports(count: int) -> list[int]:
