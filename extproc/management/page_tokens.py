@@ -41,7 +41,8 @@ MAX_PAGE_SIZE = PAGE_SIZE
 MAX_SCANS_PER_PAGE = 10
 # Config keys one page looks at, in memory, before it answers: as many as its SCAN calls.
 CONFIG_KEYS_PER_PAGE = 10_000
-_VERSION = 1
+# 2: positions hold the mark of a Cluster's primaries ("t").
+_VERSION = 2
 # A token longer than this is none the gateway gave (a config key's id is its longest part).
 _MAX_TOKEN_CHARS = 4096
 CONFIG = "config"
@@ -92,6 +93,7 @@ def encode(token: PageToken, filters: str) -> str:
         "k": position.cursor,
         "a": position.after,
         "u": position.until,
+        "t": position.primaries,
     }
     return base64.urlsafe_b64encode(orjson.dumps(body)).decode().rstrip("=")
 
@@ -108,7 +110,8 @@ def decode(text: str, filters: str) -> PageToken | None:
             "page_token was given for a listing with other filters: ask with the filters of"
             " the first page, or start again without a page_token"
         )
-    return PageToken(body["p"], body["c"], ScanPosition(body["n"], body["k"], body["a"], body["u"]))
+    position = ScanPosition(body["n"], body["k"], body["a"], body["u"], body["t"])
+    return PageToken(body["p"], body["c"], position)
 
 
 def _body(text: str) -> dict[str, Any]:
@@ -122,13 +125,15 @@ def _body(text: str) -> dict[str, Any]:
         body = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     except (binascii.Error, ValueError):
         raise invalid from None
-    shapes = {"v": int, "f": str, "p": str, "c": str, "n": str, "k": int, "a": str, "u": int}
+    shapes = {
+        "v": int, "f": str, "p": str, "c": str, "n": str, "k": int, "a": str, "u": int, "t": str,
+    }  # fmt: skip
     if not isinstance(body, dict) or set(body) != set(shapes):
         raise invalid
     if any(type(body[name]) is not shape for name, shape in shapes.items()):
         raise invalid
     if body["v"] != _VERSION or body["p"] not in (CONFIG, STORE) or min(body["k"], body["u"]) < 0:
         raise invalid
-    if body["a"] and not is_mark(body["a"]):
+    if any(body[name] and not is_mark(body[name]) for name in ("a", "t")):
         raise invalid
     return body

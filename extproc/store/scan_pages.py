@@ -19,16 +19,19 @@ were never given whatever their marks.
 
 On a Redis Cluster each primary has cursors of its own: the position names the primary
 (by ``host:port``, in the order of their names) and its cursor, and the scan moves to
-the next primary when one's cursor comes back to 0. A position whose primary is one no
-longer (by the client's map, or by the node's own word: the map is read again only
-when a command fails, so it still names a primary the old one of a failover that lives
-on as a replica) is refused: its cursor is no primary's now.
+the next primary when one's cursor comes back to 0. The position also holds a mark of
+the primaries it walks: once they changed (a failover, a resharding), the next batch
+is refused rather than walking primaries of another order, which skips the one that
+took over from a primary not yet walked when its name sorts before the position's.
+So is a position whose primary is one no longer by its own word: the client's map is
+read again only when a command fails, and still names a primary the old one of a
+failover that lives on as a replica.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -38,7 +41,7 @@ _MARK_BYTES = 8
 
 
 class ScanTopologyError(Exception):
-    """The Cluster primary a position names is one no longer (a failover or a resharding
+    """The Cluster's primaries are not those a position walks (a failover or a resharding
     since the page before): the listing cannot know what it has given."""
 
 
@@ -46,12 +49,14 @@ class ScanTopologyError(Exception):
 class ScanPosition:
     """Where a scan stands: the primary (``""``: the one server, or a Cluster's first),
     its SCAN cursor, the mark of the last name handled of the batch SCAN gives from
-    that cursor (``""``: none yet) and the cursor that batch ended at (``until``)."""
+    that cursor (``""``: none yet), the cursor that batch ended at (``until``) and the
+    mark of the Cluster's primaries, by name, in order (``""``: one server, or the start)."""
 
     node: str = ""
     cursor: int = 0
     after: str = ""
     until: int = 0
+    primaries: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,7 @@ class ScanBatch:
             return self.next
         if handled == 0:
             return self.at
-        return ScanPosition(self.at.node, self.at.cursor, self.names[handled - 1][1], self.ended_at)
+        return replace(self.at, after=self.names[handled - 1][1], until=self.ended_at)
 
 
 def mark(name: str) -> str:
@@ -87,11 +92,15 @@ async def scan_batch(client: Any, at: ScanPosition, match: str, count: int) -> S
     if isinstance(client, RedisCluster):
         nodes = sorted(client.get_primaries(), key=lambda node: node.name)
         names = [node.name for node in nodes]
-        if at.node and (at.node not in names or not await _still_primary(client, at.node)):
+        primaries = mark(" ".join(names))
+        if at.node and (
+            at.primaries != primaries
+            or at.node not in names
+            or not await _still_primary(client, at.node)
+        ):
             raise ScanTopologyError(
-                f"the store's Cluster primary {at.node} the page before was read from is"
-                " no longer one (a failover or a resharding since): list again from the"
-                " first page"
+                "the store's Cluster primaries are not those the page before was read from"
+                " (a failover or a resharding since): list again from the first page"
             )
         index = names.index(at.node) if at.node else 0
         # Each node's cursor by its name, and the names it gave.
@@ -101,17 +110,20 @@ async def scan_batch(client: Any, at: ScanPosition, match: str, count: int) -> S
         cursors, found = answer
         cursor = int(cursors[names[index]])
         node = names[index]
-        following: ScanPosition | None = ScanPosition(node, cursor)
-        if cursor == 0:
-            following = ScanPosition(names[index + 1]) if index + 1 < len(names) else None
+        following: ScanPosition | None = ScanPosition(node, cursor, primaries=primaries)
+        if cursor == 0 and index + 1 < len(names):
+            following = ScanPosition(names[index + 1], primaries=primaries)
+        elif cursor == 0:
+            following = None
     else:
         cursor, found = await client.scan(cursor=at.cursor, match=match, count=count)
-        node = ""
+        node = primaries = ""
         following = ScanPosition("", int(cursor)) if int(cursor) != 0 else None
     marked = sorted({(mark(text), text) for raw in found if (text := _text(raw))})
     after = at.after if int(cursor) == at.until else ""
     left = [(text, name_mark) for name_mark, text in marked if name_mark > after]
-    return ScanBatch(left, ScanPosition(node, at.cursor, after), following, int(cursor))
+    start = ScanPosition(node, at.cursor, after, primaries=primaries)
+    return ScanBatch(left, start, following, int(cursor))
 
 
 async def _still_primary(client: RedisCluster, name: str) -> bool:

@@ -136,11 +136,13 @@ class ValkeyCluster:
         assert process is not None
         process.send_signal(signal.SIGCONT)
 
-    def add_replica(self, index: int, timeout_s: float = 15.0) -> int:
-        """Start a node that replicates node ``index`` (its index is returned, and stop()
-        ends it too); returns once it holds the primary's data and every node knows it."""
+    def add_replica(self, index: int, port: int = 0, timeout_s: float = 15.0) -> int:
+        """Start a node that replicates node ``index``, on ``port`` (a free one unless
+        given; its index is returned, and stop() ends it too); returns once it holds the
+        primary's data and every node knows it."""
         primary = self.nodes[index]
-        port, bus_port = _distinct_free_ports(2)
+        port = port or free_port()
+        bus_port = free_port(avoid=(port,))
         node_dir = self.workdir / f"node{len(self.nodes)}"
         node_dir.mkdir(parents=True, exist_ok=True)
         # A replica serves no slot of its own: no slot is in this range.
@@ -193,6 +195,17 @@ class ValkeyCluster:
         deadline = time.monotonic() + timeout_s
         for node in self.nodes:
             self._wait(node, deadline, agreed, f"agreeing that port {replica.port} is a primary")
+
+    def primaries(self) -> list[str]:
+        """The names (``host:port``) of the nodes that are primaries now, in order."""
+        with self.nodes[0].client() as client:
+            nodes = str(client.execute_command("CLUSTER", "NODES"))  # type: ignore[no-untyped-call]
+        fields = [line.split() for line in nodes.splitlines()]
+        return sorted(f[1].split("@")[0] for f in fields if "master" in f[2].split(","))
+
+    def index_of(self, name: str) -> int:
+        """The index of the node named ``host:port``."""
+        return next(i for i, node in enumerate(self.nodes) if name == f"{HOST}:{node.port}")
 
     def _spawn(self, node: ClusterNode) -> None:
         node.log = (node.workdir / "valkey.log").open("ab")

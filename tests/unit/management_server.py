@@ -41,11 +41,14 @@ async def serving_management(
     *,
     attempts: FailedAttempts | None = None,
     credentials: Any = None,
+    empty: bool = True,
 ) -> AsyncIterator[Served]:
     """Quota, key and usage services on a free loopback port, sharing one audit log and
-    one guess tracker (``attempts``), over TLS with ``credentials``; the store emptied."""
+    one guess tracker (``attempts``), over TLS with ``credentials``; the store emptied
+    (unless not ``empty``: a second gateway of the same store)."""
     client = connect(valkey.url, 2.0)
-    await client.flushdb()
+    if empty:
+        await client.flushdb()
     quota_store = QuotaStore(client, prefix)
     await quota_store.start()
     audit = io.BytesIO()

@@ -121,13 +121,15 @@ class Api:
 
 
 @asynccontextmanager
-async def serving_api(store: Any, config: GatewayConfig | None = None) -> AsyncIterator[Api]:
+async def serving_api(
+    store: Any, config: GatewayConfig | None = None, *, empty: bool = True
+) -> AsyncIterator[Api]:
     """The management API on ``store`` (a server or a Cluster: its ``url`` is read) with
     ``config`` (``gateway_config()`` unless given), and the clients a test reaches it and
-    the store with."""
+    the store with; the store emptied first unless not ``empty`` (a second gateway)."""
     config = config or gateway_config()
     runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
-    async with serving_management(store, lambda: runtime, PREFIX) as served:
+    async with serving_management(store, lambda: runtime, PREFIX, empty=empty) as served:
         client = connect(store.url, 2.0)
         quota_store = QuotaStore(client, PREFIX)
         await quota_store.start()
