@@ -23,9 +23,9 @@ the next primary when one's cursor comes back to 0. The position also holds a ma
 the primaries it walks: once they changed (a failover, a resharding), the next batch
 is refused rather than walking primaries of another order, which skips the one that
 took over from a primary not yet walked when its name sorts before the position's.
-So is a position whose primary is one no longer by its own word: the client's map is
-read again only when a command fails, and still names a primary the old one of a
-failover that lives on as a replica.
+The Cluster's map is read again for each batch that resumes on a named primary: the
+client's map is read again only when a command fails, and still names a primary the
+old one of a failover that lives on as a replica, which SCAN would read on from.
 """
 
 from __future__ import annotations
@@ -90,14 +90,16 @@ def is_mark(text: str) -> bool:
 async def scan_batch(client: Any, at: ScanPosition, match: str, count: int) -> ScanBatch:
     """One SCAN call from ``at``: the names matching ``match`` not handled yet."""
     if isinstance(client, RedisCluster):
+        if at.node:
+            # The client reads the Cluster's map again only when a command fails: after
+            # a failover whose old primary lives on as a replica it still names that
+            # one a primary. CLUSTER SLOTS, as the client reads it (ROLE, which a node
+            # would answer for itself, is a command of @dangerous that ACLs deny).
+            await client.nodes_manager.initialize()
         nodes = sorted(client.get_primaries(), key=lambda node: node.name)
         names = [node.name for node in nodes]
         primaries = mark(" ".join(names))
-        if at.node and (
-            at.primaries != primaries
-            or at.node not in names
-            or not await _still_primary(client, at.node)
-        ):
+        if at.node and (at.primaries != primaries or at.node not in names):
             raise ScanTopologyError(
                 "the store's Cluster primaries are not those the page before was read from"
                 " (a failover or a resharding since): list again from the first page"
@@ -124,20 +126,6 @@ async def scan_batch(client: Any, at: ScanPosition, match: str, count: int) -> S
     left = [(text, name_mark) for name_mark, text in marked if name_mark > after]
     start = ScanPosition(node, at.cursor, after, primaries=primaries)
     return ScanBatch(left, start, following, int(cursor))
-
-
-async def _still_primary(client: RedisCluster, name: str) -> bool:
-    """Whether the node ``name`` says it is a primary. The client's map of the Cluster
-    is read again only when a command fails: after a failover whose old primary lives on
-    as a replica, the map still names it a primary, and SCAN there answers as before
-    (from a replica that may lag). When it is no primary, the map is read again, so
-    that the listing asked for again walks the primaries the Cluster has now."""
-    node = client.get_node(node_name=name)
-    role: Any = await client.execute_command("ROLE", target_nodes=node)
-    if _text(role[0]) == "master":
-        return True
-    await client.nodes_manager.initialize()
-    return False
 
 
 def _text(raw: bytes | str) -> str:
