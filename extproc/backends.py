@@ -80,6 +80,7 @@ from extproc import (
     bedrock_count_tokens,
     gemini_api,
     images_api,
+    moderations_api,
     openai_inputs,
     speech_api,
 )
@@ -95,7 +96,7 @@ from extproc.bedrock_invoke_bodies import (
 from extproc.completions_api import returned_choices
 from extproc.config.model import (
     GEMINI_APIS,
-    TOKEN_COUNT_APIS,
+    UNMETERED_APIS,
     ProviderType,
     RouteApi,
 )
@@ -204,6 +205,10 @@ _ONLY_OPENAI = {
         "audio API (/v1/audio/transcriptions, /v1/audio/translations, /v1/audio/speech)",
         "only transcription and speech models of OpenAI-compatible providers are served there",
     ),
+    RouteApi.OPENAI_MODERATIONS: (
+        "Moderations API (/v1/moderations)",
+        "only moderation models of OpenAI-compatible providers classify there",
+    ),
 }
 
 
@@ -288,6 +293,11 @@ def plan_request(
         if ctx.form is not None:
             return _edit_request(ctx, parsed, upstream, suffix)
         return _pass_through(ctx, parsed, upstream, images_api.GENERATIONS_ENDPOINT + suffix)
+    if route.api is RouteApi.OPENAI_MODERATIONS:
+        # As it came, under the provider's name for the model (written in when the body
+        # named none: the gateway's default, extproc.moderations_api).
+        check_pair(ctx, parsed, upstream)
+        return _pass_through(ctx, parsed, upstream, moderations_api.ENDPOINT + suffix)
     if route.api is RouteApi.OPENAI_AUDIO:
         check_pair(ctx, parsed, upstream)
         if ctx.form is None:
@@ -454,7 +464,12 @@ def serves_client_api(api: RouteApi, upstream: Upstream) -> bool:
         return True
     if api in (RouteApi.OPENAI_RESPONSES, RouteApi.OPENAI_RESPONSES_COMPACT):
         return kind is ProviderType.OPENAI
-    if api in (RouteApi.OPENAI_COMPLETIONS, RouteApi.OPENAI_IMAGES, RouteApi.OPENAI_AUDIO):
+    if api in (
+        RouteApi.OPENAI_COMPLETIONS,
+        RouteApi.OPENAI_IMAGES,
+        RouteApi.OPENAI_AUDIO,
+        RouteApi.OPENAI_MODERATIONS,
+    ):
         return kind is ProviderType.OPENAI
     if api is RouteApi.OPENAI_EMBEDDINGS:
         if kind is ProviderType.VERTEX:
@@ -1191,9 +1206,10 @@ def _answer_plan(
         counted = anthropic_bedrock_count.CountTranslator()
         json_headers = {"content-type": "application/json"}
         return ResponsePlan(counted, set_headers=json_headers, remove_headers=["content-length"])
-    if route.api in TOKEN_COUNT_APIS:
+    if route.api in UNMETERED_APIS:
         # {"input_tokens": N} is a count, not usage: read as usage it would be billed
-        # and counted in aigw_tokens_consumed_total for tokens nobody generated.
+        # and counted in aigw_tokens_consumed_total for tokens nobody generated. A
+        # moderation's classification carries no usage at all: free, as at OpenAI.
         return ResponsePlan(None)
     if route.api is RouteApi.OPENAI_EMBEDDINGS:
         # Vertex's own answer, unless a failover attempt's filter already translated it

@@ -476,6 +476,10 @@ def _part(reported: int, available: int) -> int:
     return min(max(reported, 0), available)
 
 
+# The price of a model no price names that is free by its kind (a moderation model).
+_FREE = ModelPrice(input_per_million=Decimal(0), output_per_million=Decimal(0))
+
+
 class PriceTable:
     """Prices by every name a request may carry: model names, their aliases, other names."""
 
@@ -501,6 +505,12 @@ class PriceTable:
             found = next((self._by_name[n] for n in names if n in pricing.models), None)
             if found is None:
                 found = next((p for n in names if (p := self.prices(n)) is not None), None)
+            if found is None and model.kind == "moderation":  # ModelKind.MODERATION
+                # OpenAI's moderation is free: a moderation model no price names costs
+                # nothing and is priced so, not flagged unpriced in every report.
+                found = token_prices(
+                    _FREE, pricing.server_tools_per_thousand, pricing.inference_geos
+                )
             if found is None:
                 continue
             for name in names:

@@ -292,6 +292,10 @@ class ModelKind(StrEnum):
     # Text to speech only (tts-1, gpt-4o-mini-tts): /v1/audio/speech on the audio API's routes
     # alone. It does not fail over either, so such a model takes no fallbacks.
     SPEECH = "speech"
+    # Content classification only (omni-moderation-latest, text-moderation-latest): the
+    # Moderations API's routes alone. Free at OpenAI: never billed, no token reserved. It
+    # does not fail over, so such a model takes no fallbacks.
+    MODERATION = "moderation"
 
 
 class ModelConfig(_Section):
@@ -389,6 +393,14 @@ class RouteApi(StrEnum):
     # input_items and cancel): served only to the caller who created it, at the provider
     # that stores it (stages.stored_responses); nothing is generated or billed.
     OPENAI_RESPONSES_STORED = "openai_responses_stored"
+    # OpenAI's Moderations API (/v1/moderations: text, texts or text and image parts in,
+    # a classification per input out): passed through to OpenAI-compatible providers
+    # under the provider's name for the model (OpenAI's default, omni-moderation-latest,
+    # when the body names none: extproc.moderations_api). OpenAI's moderation is free and
+    # its answer has no usage: counted as one request for request-rate limits, never
+    # billed, no token reserved, no token limit refuses it; request guards do not read its
+    # input (classifying that text is its purpose).
+    OPENAI_MODERATIONS = "openai_moderations"
     # The caller's own quotas, rate limits and budgets as they stand (GET
     # /aigw/v1/limits): answered by the gateway from the store, never sent upstream or
     # billed (stages.limits_view).
@@ -441,6 +453,7 @@ ROUTE_MODEL_KIND = {
     RouteApi.OPENAI_EMBEDDINGS: ModelKind.EMBEDDINGS,
     RouteApi.OPENAI_IMAGES: ModelKind.IMAGES,
     RouteApi.OPENAI_AUDIO: ModelKind.TRANSCRIPTION,
+    RouteApi.OPENAI_MODERATIONS: ModelKind.MODERATION,
     RouteApi.OPENAI_RESPONSES: ModelKind.CHAT,
     # A chat model served by an OpenAI-compatible server (vLLM, llama.cpp) completes
     # prompts too: the config has no kind of its own for completion models.
@@ -460,8 +473,12 @@ ROUTE_MODEL_KIND = {
 AUDIO_MODEL_KINDS = frozenset({ModelKind.TRANSCRIPTION, ModelKind.SPEECH})
 
 
-def route_takes_kind(api: RouteApi, kind: ModelKind) -> bool:
-    """Whether a route of ``api`` serves a model of ``kind`` at some path of its."""
+def route_takes_kind(api: RouteApi, kind: ModelKind | None) -> bool:
+    """Whether a route of ``api`` serves a model of ``kind`` at some path of its; None: a
+    model of no stated kind, which every route but a moderation one serves (moderation is
+    never metered by tokens: only a model the config declares one is reached there)."""
+    if kind is None:
+        return api is not RouteApi.OPENAI_MODERATIONS
     if api is RouteApi.OPENAI_AUDIO:
         return kind in AUDIO_MODEL_KINDS
     return kind is ROUTE_MODEL_KIND.get(api)
@@ -476,6 +493,11 @@ TOKEN_COUNT_APIS = frozenset(
         RouteApi.GEMINI_COUNT_TOKENS,
     }
 )
+# The client APIs that consume no tokens at all: the token counts, and OpenAI's
+# moderation (free, its answer without usage). Each counts as one request for
+# request-rate limits and in every ledger (zero tokens), reserves no quota tokens, is
+# refused by no token or cost limit, and its answer is never read as usage.
+UNMETERED_APIS = TOKEN_COUNT_APIS | {RouteApi.OPENAI_MODERATIONS}
 # The APIs of a bedrock_converse route's own operations beside Converse: given to a
 # request by its path (stages.routing), never a route's own api.
 BEDROCK_OPERATION_APIS = frozenset({RouteApi.BEDROCK_INVOKE, RouteApi.BEDROCK_COUNT_TOKENS})
@@ -501,6 +523,7 @@ _WITHOUT_MESSAGES = frozenset(
         RouteApi.OPENAI_COMPLETIONS,
         RouteApi.OPENAI_IMAGES,
         RouteApi.OPENAI_AUDIO,
+        RouteApi.OPENAI_MODERATIONS,
     }
 )
 
@@ -855,6 +878,10 @@ def _default_routes() -> tuple[RouteConfig, ...]:
         RouteConfig(
             name="openai-completions", path="/v1/completions", api=RouteApi.OPENAI_COMPLETIONS
         ),
+        # OpenAI's Moderations API: free, never billed (extproc.moderations_api).
+        RouteConfig(
+            name="openai-moderations", path="/v1/moderations", api=RouteApi.OPENAI_MODERATIONS
+        ),
         # The Images API: generations and edits served, variations refused with a 400
         # naming what is served (extproc.images_api).
         RouteConfig(name="openai-images", path_prefix="/v1/images", api=RouteApi.OPENAI_IMAGES),
@@ -897,6 +924,7 @@ def _default_routes() -> tuple[RouteConfig, ...]:
             "openai", "/openai/v1", RouteApi.OPENAI_RESPONSES_INPUT_TOKENS, "responses/input_tokens"
         ),
         *_prefixed_routes("openai", "/openai/v1", RouteApi.OPENAI_COMPLETIONS, "completions"),
+        *_prefixed_routes("openai", "/openai/v1", RouteApi.OPENAI_MODERATIONS, "moderations"),
         # ...and its model list (models.list(), a chat UI's model picker), which the chat
         # prefix would refuse as a GET.
         *_prefixed_routes("openai", "/openai/v1", RouteApi.OPENAI_MODELS, "models"),
@@ -1077,6 +1105,12 @@ def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
                 " the audio API does not fail over (its form cannot be re-made by a"
                 " failover attempt): its requests go to its own provider alone; remove"
                 " its fallbacks"
+            )
+        if model.kind is ModelKind.MODERATION and model.fallbacks:
+            yield (
+                f"models[{index}].fallbacks: {model.name!r} is a moderation model, and the"
+                " Moderations API does not fail over: its requests go to its own provider"
+                " alone; remove its fallbacks"
             )
         if model.kind is ModelKind.IMAGES and model.fallbacks:
             # Served as written, they were never used: an operator counting on them found

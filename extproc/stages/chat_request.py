@@ -53,6 +53,8 @@ from extproc.errors import (
 from extproc.images_api import check_images_body, edit_body, is_edit
 from extproc.input_limits import checked_messages, nesting_depth_over
 from extproc.model_groups import Candidate, ModelGroup
+from extproc.moderations_api import DEFAULT_MODEL as DEFAULT_MODERATION_MODEL
+from extproc.moderations_api import check_moderations_body
 from extproc.multipart_form import read_form
 from extproc.openai_inputs import check_choices, check_completion_bounds
 from extproc.quota.estimate import CHAT_ALLOWANCE_FIELDS
@@ -137,6 +139,9 @@ class ChatRequestStage:
             # and stream checked here are then the ones the provider reads.
             ctx.body_changed = True
         named = path_model if in_path else model_outside_body(ctx) or parsed.get("model")
+        if named is None and route.api is RouteApi.OPENAI_MODERATIONS:
+            # OpenAI's model is optional here: its default, served where one is configured.
+            named = DEFAULT_MODERATION_MODEL
         model = route.forced_model or named
         if not isinstance(model, str) or not model:
             raise BadRequestError("'model' is required and must be a string", param="model")
@@ -342,6 +347,7 @@ _KIND_ENDPOINT = {
     ModelKind.IMAGES: "/v1/images/generations",
     ModelKind.TRANSCRIPTION: "/v1/audio/transcriptions",
     ModelKind.SPEECH: "/v1/audio/speech",
+    ModelKind.MODERATION: "/v1/moderations",
 }
 
 
@@ -353,6 +359,15 @@ def check_model_kind(ctx: RequestContext, model: str, route: Route) -> None:
     wanted = ROUTE_MODEL_KIND.get(route.api)
     if route.api is RouteApi.OPENAI_AUDIO and is_speech(endpoint_of(ctx.path)):
         wanted = ModelKind.SPEECH  # the audio routes serve both, by the path
+    if kind is None and wanted is ModelKind.MODERATION:
+        # Moderation is never metered (no token limit refuses it): only a model the
+        # config declares a moderation model is served there, never one that may generate.
+        raise BadRequestError(
+            f"'{model}' is not a moderation model: this route ({route.api}) serves the "
+            "models the gateway's config declares of kind 'moderation' alone",
+            param="model",
+            code="unsupported_model_for_route",
+        )
     if kind is None or wanted is None or kind is wanted:
         return
     where = _KIND_ENDPOINT[kind]
@@ -479,6 +494,10 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
     if api is RouteApi.OPENAI_IMAGES:
         parsed = parse_json_object(body, limits.max_json_depth)
         check_images_body(parsed)
+        return parsed
+    if api is RouteApi.OPENAI_MODERATIONS:
+        parsed = parse_json_object(body, limits.max_json_depth)
+        check_moderations_body(parsed)
         return parsed
     if api is RouteApi.BEDROCK_CONVERSE:
         parsed = parse_json_object(body, limits.max_json_depth)

@@ -73,7 +73,7 @@ from extproc.config.guard_model import (
 from extproc.config.model import (
     GEMINI_APIS,
     MESSAGES_BODY_APIS,
-    TOKEN_COUNT_APIS,
+    UNMETERED_APIS,
     RouteApi,
 )
 from extproc.context import PhaseOutput, RequestContext
@@ -423,6 +423,10 @@ class GuardRequestStage:
     ) -> Awaitable[None] | None:
         route = ctx.route
         if ctx.body is None or route is None or ctx.upstream is None:
+            return None
+        if route.api is RouteApi.OPENAI_MODERATIONS:
+            # Its input is the text to classify, possibly harmful by design: refused or
+            # masked by a guard, it would never be classified as the client asked.
             return None
         guards = ctx.runtime.guardrails.for_route(route.name)
         if guards is None:
@@ -936,9 +940,10 @@ class GuardResponseStage:
         route = ctx.route
         if route is None or not ctx.accounted or ctx.response_status >= 300:
             return
-        if route.api in _UNGUARDED_ANSWERS or route.api in TOKEN_COUNT_APIS:
-            # Vectors, pictures, a count: no text to guard; a transcript (in text, srt or
-            # vtt as often as JSON) is not read by response guards either.
+        if route.api in _UNGUARDED_ANSWERS or route.api in UNMETERED_APIS:
+            # Vectors, pictures, a count, a moderation's classification: no text to guard;
+            # a transcript (in text, srt or vtt as often as JSON) is not read by response
+            # guards either.
             return
         guards = ctx.runtime.guardrails.for_route(route.name)
         if guards is None or guards.response.empty:

@@ -43,6 +43,7 @@ _USING_APIS = frozenset(
         RouteApi.OPENAI_RESPONSES_COMPACT,
         RouteApi.OPENAI_IMAGES,
         RouteApi.OPENAI_AUDIO,
+        RouteApi.OPENAI_MODERATIONS,
     }
 )
 # The client APIs served by one provider type only (nothing translates to them).
@@ -53,6 +54,7 @@ _ONLY_PROVIDER = {
     RouteApi.OPENAI_RESPONSES_COMPACT: ProviderType.OPENAI,
     RouteApi.OPENAI_IMAGES: ProviderType.OPENAI,
     RouteApi.OPENAI_AUDIO: ProviderType.OPENAI,
+    RouteApi.OPENAI_MODERATIONS: ProviderType.OPENAI,
 }
 
 # A path may be as long as Envoy's header limit: the error echoes no more than this.
@@ -128,7 +130,7 @@ def _group_usable_on(runtime: Runtime, identity: Identity, group: str, route: Ro
     if route.forced_model is not None and route.forced_model != group:
         return False
     kind = runtime.model_kind.get(group)
-    if kind is not None and not route_takes_kind(route.api, kind):
+    if not route_takes_kind(route.api, kind):
         return False
     return any(
         _usable_on(runtime, identity, member, group, route, forced_checked=True)
@@ -160,7 +162,7 @@ def _usable_on(
     if not forced_checked and route.forced_model is not None and route.forced_model != name:
         return False  # the route sends its own model, whatever the client names
     kind = runtime.model_kind.get(name)
-    if kind is not None and not route_takes_kind(route.api, kind):
+    if not route_takes_kind(route.api, kind):
         return False  # an embeddings model on a chat route, or the other way round
     upstream = runtime.resolve_upstream(name, route)
     if upstream is None:

@@ -30,7 +30,7 @@ from extproc.chargeback.pricing import failover_members, request_cost
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
 from extproc.completions_api import completion_allowance as text_completion_allowance
 from extproc.completions_api import generated_choices
-from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, ProviderType, RouteApi
+from extproc.config.model import MESSAGES_BODY_APIS, UNMETERED_APIS, ProviderType, RouteApi
 from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.errors import (
     GatewayError,
@@ -114,9 +114,10 @@ class QuotaStage:
             runtime.canonical_model.get(ctx.model),
             ctx.started_store_time,
         )
-        # A token count generates nothing: it counts as one request, reserves no tokens,
-        # and no token budget, spent or not, refuses it.
-        counting = ctx.route is not None and ctx.route.api in TOKEN_COUNT_APIS
+        # A token count generates nothing, nor does a moderation (free, no usage): it
+        # counts as one request, reserves no tokens, and no token or cost budget, spent or
+        # not, refuses it.
+        counting = ctx.route is not None and ctx.route.api in UNMETERED_APIS
         if counting:
             limits = [limit for limit in limits if limit.kind == "r"]
         if not limits:

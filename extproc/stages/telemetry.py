@@ -65,9 +65,15 @@ RUNNING_USAGE_INTERVAL_S = 0.1
 # The client APIs whose answers carry no text: embeddings' vectors, the Images API's
 # pictures (megabytes of base64 no finish reason or content capture reads).
 # A transcript is text, but in no chat shape the capture reads (and text/srt/vtt are no
-# JSON at all): an audio request is captured by neither.
+# JSON at all): an audio request is captured by neither. A moderation answers with
+# categories and scores, no text.
 _NO_TEXT_ANSWERS = frozenset(
-    {RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_IMAGES, RouteApi.OPENAI_AUDIO}
+    {
+        RouteApi.OPENAI_EMBEDDINGS,
+        RouteApi.OPENAI_IMAGES,
+        RouteApi.OPENAI_AUDIO,
+        RouteApi.OPENAI_MODERATIONS,
+    }
 )
 
 

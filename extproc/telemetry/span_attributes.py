@@ -126,6 +126,9 @@ OPERATIONS = {
     # value of their own).
     RouteApi.OPENAI_AUDIO: "generate_content",
     RouteApi.GEMINI_COUNT_TOKENS: "count_tokens",
+    # A moderation classifies and generates nothing: the conventions have no value for
+    # it, and a custom one is allowed.
+    RouteApi.OPENAI_MODERATIONS: "moderation",
     # A Vertex client's call before its body is read (a bad key); after, it is the
     # Anthropic call it stands for (extproc.vertex_client_api).
     RouteApi.ANTHROPIC_VERTEX: "chat",

@@ -157,6 +157,17 @@ FORM_HEADERS = {
 EMBEDDINGS_FIELDS: list[FieldPath] = [
     ("model",), ("input",), ("dimensions",), ("encoding_format",), ("input_type",), ("user",),
 ]  # fmt: skip
+MODERATIONS = {
+    "model": "omni-moderation-latest",
+    "input": [
+        {"type": "text", "text": "Is this fine?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+    ],
+}
+MODERATIONS_FIELDS: list[FieldPath] = [
+    ("model",), ("input",), ("input", 0), ("input", 0, "text"), ("input", 1, "image_url"),
+    ("input", 1, "image_url", "url"),
+]  # fmt: skip
 CONVERSE = {
     "messages": [{"role": "user", "content": [{"text": "Say hi."}]}],
     "inferenceConfig": {"maxTokens": 20},
@@ -252,6 +263,7 @@ SHAPES: dict[str, Shape] = {
     "embeddings cohere": Shape(
         "/v1/embeddings", {"model": "cohere-embed", "input": ["hi"]}, EMBEDDINGS_FIELDS, "openai"
     ),
+    "moderations": Shape("/v1/moderations", MODERATIONS, MODERATIONS_FIELDS, "openai"),
     "responses": Shape("/v1/responses", RESPONSES, RESPONSES_FIELDS, "openai"),
     "responses compact": Shape("/v1/responses/compact", RESPONSES, RESPONSES_FIELDS, "openai"),
     "responses input_tokens": Shape(
@@ -624,6 +636,7 @@ SHAPE_OF_API = {
     RouteApi.OPENAI_IMAGES: "images",
     RouteApi.OPENAI_AUDIO: "audio",
     RouteApi.OPENAI_EMBEDDINGS: "embeddings openai",
+    RouteApi.OPENAI_MODERATIONS: "moderations",
     RouteApi.OPENAI_RESPONSES: "responses",
     RouteApi.OPENAI_RESPONSES_COMPACT: "responses compact",
     RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: "responses input_tokens",
