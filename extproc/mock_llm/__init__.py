@@ -13,7 +13,9 @@ Routing is by path suffix, so gateway route prefixes such as ``/openai/v1/chat/c
 ``/openai/v1/responses``, ``/anthropic/v1/messages`` or ``/bedrock/model/{modelId}/converse``
 still reach the right endpoint. ``POST .../moderations`` answers like OpenAI's moderation
 endpoint (see ``moderation_api``), ``POST .../embeddings`` like OpenAI's embeddings endpoint (see
-``embeddings_api``) and ``POST .../model/{modelId}/invoke`` like Bedrock's InvokeModel for
+``embeddings_api``), ``POST .../v1/rerank`` and ``.../v2/rerank`` like the rerank APIs of
+Jina and vLLM, and of Cohere (see ``rerank_api``) and ``POST .../model/{modelId}/invoke``
+like Bedrock's InvokeModel for
 Titan and Cohere embeddings (see ``bedrock_embeddings``) and Claude, whose stream
 ``.../invoke-with-response-stream`` serves too (see ``bedrock_anthropic``), as does
 Bedrock's CountTokens for Claude, ``POST .../model/{modelId}/count-tokens``; header
@@ -67,6 +69,7 @@ from extproc.mock_llm.images_api import ImagesEndpoint
 from extproc.mock_llm.moderation_api import moderations
 from extproc.mock_llm.openai_api import OpenAIEndpoints, error_response
 from extproc.mock_llm.recorder import DEFAULT_CAPACITY, Body, Recorder
+from extproc.mock_llm.rerank_api import RerankEndpoint
 from extproc.mock_llm.responses_api import ResponsesEndpoint
 from extproc.mock_llm.responses_compact import CompactEndpoints
 from extproc.mock_llm.responses_store import ResponseStore, StoredResponsesEndpoints
@@ -245,6 +248,7 @@ class _MockApp:
         self.audio = AudioEndpoint(default_fault=default_fault)
         self.speech = SpeechEndpoint(default_fault=default_fault)
         self.embeddings = EmbeddingsEndpoint(default_fault=default_fault)
+        self.rerank = RerankEndpoint(default_fault=default_fault)
         self.completions = CompletionsEndpoint(
             chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
         )
@@ -303,6 +307,8 @@ class _MockApp:
             return {"POST": moderations}
         if path.endswith("/embeddings"):
             return {"POST": self.embeddings.create}
+        if path.endswith(("/v1/rerank", "/v2/rerank")):
+            return {"POST": self.rerank.create}
         if path.endswith("/images/generations"):
             return {"POST": self.images.generate}
         if path.endswith("/images/edits"):
