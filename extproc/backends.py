@@ -82,6 +82,7 @@ from extproc import (
     images_api,
     moderations_api,
     openai_inputs,
+    rerank_api,
     speech_api,
 )
 from extproc.answer_encoding import BROKEN_STATUS, DecompressedAnswer, decoded, readable_encoding
@@ -143,6 +144,7 @@ from extproc.translators import (
     openai_embeddings,
     openai_images,
     openai_openai,
+    openai_rerank,
     openai_responses,
     vertex_embeddings,
     vertex_errors,
@@ -208,6 +210,11 @@ _ONLY_OPENAI = {
     RouteApi.OPENAI_MODERATIONS: (
         "Moderations API (/v1/moderations)",
         "only moderation models of OpenAI-compatible providers classify there",
+    ),
+    RouteApi.RERANK: (
+        "rerank API (/v1/rerank, /v2/rerank)",
+        "only rerank models of OpenAI-compatible providers (Cohere, Jina, Voyage, vLLM) are "
+        "served there",
     ),
 }
 
@@ -280,6 +287,11 @@ def plan_request(
         )
     if route.api is RouteApi.OPENAI_EMBEDDINGS:
         return _embeddings_request(ctx, parsed, upstream, suffix)
+    if route.api is RouteApi.RERANK:
+        if kind is not ProviderType.OPENAI:
+            raise _no_such_api(ctx, kind, *_ONLY_OPENAI[route.api])
+        endpoint = rerank_api.upstream_path(upstream.provider.path_prefix, ctx.path)
+        return _pass_through(ctx, parsed, upstream, endpoint, suffix, prefixed=False)
     if route.api in BEDROCK_RUNTIME_APIS:
         return _bedrock_runtime_request(ctx, parsed, upstream, raw)
     if route.api in RESPONSES_REQUESTS:
@@ -655,16 +667,24 @@ def _openai_request(
 
 
 def _pass_through(
-    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, endpoint: str
+    ctx: RequestContext,
+    parsed: dict[str, Any],
+    upstream: Upstream,
+    endpoint: str,
+    suffix: str = "",
+    *,
+    prefixed: bool = True,
 ) -> RequestPlan:
     """The client's body, under the provider's name for the model, to ``endpoint`` under
-    the provider's API path, with the provider's credential."""
+    the provider's API path (``prefixed``; else ``endpoint`` is the whole path), with the
+    provider's credential."""
     rewritten = renamed(parsed, upstream.upstream_model)
     if rewritten is None and ctx.body_changed:
         rewritten = parsed
+    path = upstream.provider.path_prefix + endpoint if prefixed else endpoint
     return RequestPlan(
         _json(rewritten) if rewritten is not None else None,
-        upstream.provider.path_prefix + endpoint,
+        path + suffix,
         _credentials(upstream),
     )
 
@@ -1226,6 +1246,8 @@ def _answer_plan(
         return ResponsePlan(
             _bedrock_embeddings_translator(ctx, headers), remove_headers=["content-length"]
         )
+    if route.api is RouteApi.RERANK:
+        return ResponsePlan(openai_rerank.RerankReader(ctx.estimated_prompt_tokens()))
     if route.api is RouteApi.OPENAI_RESPONSES:
         # The image generation tool's model as asked, when the response names none.
         image_model = tool_model((ctx.body or {}).get("tools"))

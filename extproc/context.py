@@ -27,6 +27,7 @@ from extproc.images_api import estimate_prompt_tokens as estimate_images_prompt
 from extproc.images_api import input_image_tokens
 from extproc.multipart_form import MultipartForm
 from extproc.quota.estimate import estimate_prompt_tokens, estimate_responses_tokens
+from extproc.rerank_api import estimate_rerank_tokens
 
 if TYPE_CHECKING:
     from extproc.agents.call import AgentCall
@@ -62,6 +63,7 @@ _API_SHAPES = {api: _api_shape(api) for api in RouteApi}
 # the others (chat completions, Anthropic's Messages) by ``estimate_prompt_tokens``.
 _PROMPT_ESTIMATES: dict[RouteApi, Callable[[dict[str, Any]], int]] = {
     RouteApi.OPENAI_EMBEDDINGS: estimate_input_tokens,
+    RouteApi.RERANK: estimate_rerank_tokens,
     RouteApi.OPENAI_RESPONSES: estimate_responses_tokens,
     RouteApi.OPENAI_COMPLETIONS: estimate_completions_prompt,
     RouteApi.OPENAI_IMAGES: estimate_images_prompt,
@@ -172,6 +174,9 @@ class Usage:
     # than tokens (Vertex's text embeddings: metadata.billableCharacterCount); None: it
     # reported none.
     billable_characters: int | None = None
+    # The searches the provider bills a rerank by, when it bills searches rather than
+    # tokens (Cohere: meta.billed_units.search_units; rerank_api); None: by tokens.
+    search_units: int | None = None
     # The seconds of audio the provider billed by duration (whisper-1's usage ``seconds``,
     # a verbose_json answer's ``duration``); counted in prompt_tokens and audio_tokens as
     # ten tokens a second (audio_api), billed by the model's per-minute price when it has

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 PASS_THROUGH: dict[RouteApi, ProviderType] = {
     RouteApi.OPENAI_CHAT: ProviderType.OPENAI,
     RouteApi.OPENAI_EMBEDDINGS: ProviderType.OPENAI,
+    RouteApi.RERANK: ProviderType.OPENAI,
     RouteApi.OPENAI_RESPONSES: ProviderType.OPENAI,
     RouteApi.OPENAI_COMPLETIONS: ProviderType.OPENAI,
     RouteApi.OPENAI_RESPONSES_COMPACT: ProviderType.OPENAI,

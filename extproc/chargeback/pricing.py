@@ -143,6 +143,9 @@ class TokenPrices:
     # Picodollars per minute of audio, for a model billed by duration (whisper-1); None:
     # its audio is billed by its tokens.
     audio_input_per_minute: int | None = None
+    # Picodollars per search unit, for a rerank model billed by searches (Cohere's);
+    # None: by tokens.
+    search_unit: int | None = None
 
     def at_tier(self, service_tier: str | None) -> TokenPrices:
         """The prices of the tier the provider served at: its own entry, else these
@@ -186,6 +189,11 @@ def _per_token(price: Decimal) -> int:
 
 def _per_character(price_per_thousand: Decimal | None) -> int | None:
     # USD per thousand characters -> picodollars per character (10**12 / 10**3).
+    return None if price_per_thousand is None else _per_request(price_per_thousand)
+
+
+def _per_thousand(price_per_thousand: Decimal | None) -> int | None:
+    # USD per thousand units -> picodollars per unit.
     return None if price_per_thousand is None else _per_request(price_per_thousand)
 
 
@@ -269,6 +277,7 @@ def _token_prices(
         image_cached_input=_per_token(price.image_cached_input),
         input_per_character=_per_character(price.input_per_thousand_characters),
         audio_input_per_minute=_per_minute(price.audio_input_per_minute),
+        search_unit=_per_thousand(price.search_units_per_thousand),
     )
 
 
@@ -323,8 +332,12 @@ def _token_cost(usage: Usage, prices: TokenPrices) -> int:
         # Most requests: text in, text out, no cache. ``_parted_token_cost``'s result for
         # them (its parts all clamp to 0), without its dozen clamps (about 1 us).
         characters = usage.billable_characters
+        searches = usage.search_units
         if prices.input_per_character is not None and characters is not None:
             prompt = max(characters, 0) * prices.input_per_character
+        elif prices.search_unit is not None and searches is not None:
+            # A rerank billed by the searches the provider counted (Cohere), not tokens.
+            prompt = max(searches, 0) * prices.search_unit
         else:
             prompt = usage.prompt_tokens * prices.input
         return prompt + usage.completion_tokens * prices.output

@@ -296,6 +296,9 @@ class ModelKind(StrEnum):
     # Moderations API's routes alone. Free at OpenAI: never billed, no token reserved. It
     # does not fail over, so such a model takes no fallbacks.
     MODERATION = "moderation"
+    # Rerank only (Cohere's rerank-v3.5, Jina's, Voyage's, a vLLM-served reranker): the
+    # rerank routes alone (/v1/rerank, /v2/rerank).
+    RERANK = "rerank"
 
 
 class ModelConfig(_Section):
@@ -361,6 +364,11 @@ class RouteApi(StrEnum):
     ANTHROPIC_COUNT_TOKENS = "anthropic_count_tokens"
     # OpenAI's /v1/embeddings: input text in, vectors out; billed by prompt tokens only.
     OPENAI_EMBEDDINGS = "openai_embeddings"
+    # Rerank (/v1/rerank and /v2/rerank: a query and documents in, their indexes by
+    # relevance out), in the wire format Cohere defined and Jina, Voyage and vLLM serve:
+    # passed through to OpenAI-compatible providers; billed by prompt tokens, or by the
+    # search units Cohere reports (extproc.rerank_api).
+    RERANK = "rerank"
     # OpenAI's Responses API (/v1/responses): passed through to OpenAI-compatible
     # providers, billed like chat completions (input and output tokens).
     OPENAI_RESPONSES = "openai_responses"
@@ -451,6 +459,7 @@ ROUTE_MODEL_KIND = {
     # InvokeModel takes both kinds (Titan's and Cohere's embeddings too): not listed.
     RouteApi.BEDROCK_COUNT_TOKENS: ModelKind.CHAT,
     RouteApi.OPENAI_EMBEDDINGS: ModelKind.EMBEDDINGS,
+    RouteApi.RERANK: ModelKind.RERANK,
     RouteApi.OPENAI_IMAGES: ModelKind.IMAGES,
     RouteApi.OPENAI_AUDIO: ModelKind.TRANSCRIPTION,
     RouteApi.OPENAI_MODERATIONS: ModelKind.MODERATION,
@@ -483,6 +492,10 @@ def route_takes_kind(api: RouteApi, kind: ModelKind | None) -> bool:
         return kind in AUDIO_MODEL_KINDS
     return kind is ROUTE_MODEL_KIND.get(api)
 
+
+# The client APIs whose requests are input alone (texts to embed, documents to rank):
+# billed by their prompt, nothing generated, no allowance reserved, never streamed.
+INPUT_ONLY_APIS = frozenset({RouteApi.OPENAI_EMBEDDINGS, RouteApi.RERANK})
 
 # The client APIs that count a prompt's tokens: they generate nothing, so they are never
 TOKEN_COUNT_APIS = frozenset(
@@ -524,6 +537,7 @@ _WITHOUT_MESSAGES = frozenset(
         RouteApi.OPENAI_IMAGES,
         RouteApi.OPENAI_AUDIO,
         RouteApi.OPENAI_MODERATIONS,
+        RouteApi.RERANK,
     }
 )
 
@@ -864,6 +878,10 @@ def _default_routes() -> tuple[RouteConfig, ...]:
         RouteConfig(
             name="openai-embeddings", path="/v1/embeddings", api=RouteApi.OPENAI_EMBEDDINGS
         ),
+        # Rerank, at Cohere's v1 (Jina's, Voyage's, vLLM's) and v2 paths; no /openai twins:
+        # no OpenAI SDK reranks, and rerank clients take the gateway's root as their base.
+        RouteConfig(name="rerank", path="/v1/rerank", api=RouteApi.RERANK),
+        RouteConfig(name="rerank-v2", path="/v2/rerank", api=RouteApi.RERANK),
         RouteConfig(name="openai-responses", path="/v1/responses", api=RouteApi.OPENAI_RESPONSES),
         RouteConfig(
             name="openai-responses-compact",

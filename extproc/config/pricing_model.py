@@ -177,8 +177,19 @@ class PerTokenPrice(_Section):
     # millisecond, instead of its tokens (the ten a second audio_api counts). Default:
     # none, billed by those tokens at the audio input price.
     audio_input_per_minute: Price | None = None
+    # USD per 1,000 search units, for a rerank model its provider bills by searches
+    # (Cohere's rerank-v3.5: 2.00; a search unit is one query of up to 100 documents): a
+    # rerank answer that reports them (meta.billed_units.search_units) is billed by them
+    # instead of its tokens, and one that reports nothing by the searches its documents
+    # make. Default: none, a rerank is billed by its tokens at input_per_million.
+    search_units_per_thousand: Price | None = None
 
-    @field_validator(*_TOKEN_PRICE_KEYS, "input_per_thousand_characters", "audio_input_per_minute")
+    @field_validator(
+        *_TOKEN_PRICE_KEYS,
+        "input_per_thousand_characters",
+        "audio_input_per_minute",
+        "search_units_per_thousand",
+    )
     @classmethod
     def _six_decimals(cls, value: Decimal | None) -> Decimal | None:
         return None if value is None else _exact(value)

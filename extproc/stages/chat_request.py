@@ -58,6 +58,7 @@ from extproc.moderations_api import check_moderations_body
 from extproc.multipart_form import read_form
 from extproc.openai_inputs import check_choices, check_completion_bounds
 from extproc.quota.estimate import CHAT_ALLOWANCE_FIELDS
+from extproc.rerank_api import check_rerank_body
 from extproc.responses_api import (
     check_compact_body,
     check_input_tokens_body,
@@ -348,7 +349,10 @@ _KIND_ENDPOINT = {
     ModelKind.TRANSCRIPTION: "/v1/audio/transcriptions",
     ModelKind.SPEECH: "/v1/audio/speech",
     ModelKind.MODERATION: "/v1/moderations",
+    ModelKind.RERANK: "/v1/rerank",
 }
+# The kinds named with "an" in a refusal; "a" for the others.
+_VOWEL_KINDS = frozenset({ModelKind.EMBEDDINGS, ModelKind.IMAGES})
 
 
 def check_model_kind(ctx: RequestContext, model: str, route: Route) -> None:
@@ -372,7 +376,7 @@ def check_model_kind(ctx: RequestContext, model: str, route: Route) -> None:
         return
     where = _KIND_ENDPOINT[kind]
     raise BadRequestError(
-        f"'{model}' is {'a' if kind is ModelKind.CHAT else 'an'} {kind} model, "
+        f"'{model}' is {'an' if kind in _VOWEL_KINDS else 'a'} {kind} model, "
         f"which this route ({route.api}) does not serve; send it to {where}",
         param="model",
         code="unsupported_model_for_route",
@@ -482,6 +486,10 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
     if api is RouteApi.OPENAI_EMBEDDINGS:
         parsed = parse_json_object(body, limits.max_json_depth)
         check_embeddings_body(parsed)
+        return parsed
+    if api is RouteApi.RERANK:
+        parsed = parse_json_object(body, limits.max_json_depth)
+        check_rerank_body(parsed)
         return parsed
     if api in _RESPONSES_CHECKS:
         parsed = parse_json_object(body, limits.max_json_depth)

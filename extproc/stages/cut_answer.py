@@ -104,14 +104,14 @@ import orjson
 from extproc import headers
 from extproc.answer_status import no_answer
 from extproc.backends import ENVOY_UPSTREAM_TIME, bedrock_tier_asked
-from extproc.config.model import ProviderType, RouteApi
+from extproc.config.model import INPUT_ONLY_APIS, ProviderType, RouteApi
 from extproc.context import CutAttempt, PhaseOutput, RequestContext, Usage
 from extproc.envoy_failover import STARTED, STARTED_SEPARATOR
 from extproc.errors import response_too_large
 from extproc.images_api import input_image_tokens, picture_allowance
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.runtime import Upstream
-from extproc.stages.quota import audio_prompt_usage, reserved_completion, tool_picture
+from extproc.stages.quota import billed_prompt_usage, reserved_completion, tool_picture
 from extproc.translators.anthropic_anthropic import ServerToolTally
 from extproc.translators.base import counted_prompt
 from extproc.translators.generated_text import generated_chars
@@ -146,7 +146,7 @@ _GENERATES = frozenset(
     }
 )
 # The client APIs whose requests a provider bills by their tokens.
-_BILLED = _GENERATES | {RouteApi.OPENAI_EMBEDDINGS}
+_BILLED = _GENERATES | INPUT_ONLY_APIS
 
 
 class CutAnswerStage:
@@ -373,9 +373,9 @@ def charged_prompt(ctx: RequestContext) -> Usage:
     if counted is not None:
         return counted
     prompt = ctx.estimated_prompt_tokens()
-    audio = audio_prompt_usage(ctx, prompt)
-    if audio is not None:
-        return audio
+    billed = billed_prompt_usage(ctx, prompt)
+    if billed is not None:
+        return billed
     # An image edit's estimate holds its pictures' input tokens (``input_image_tokens``):
     # billed at the image input price, as the provider's count of them would be.
     pictures = input_image_tokens(ctx.form, ctx.body or {}) if ctx.form is not None else 0

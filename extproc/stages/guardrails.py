@@ -94,7 +94,7 @@ from extproc.guardrails.content import (
 from extproc.guardrails.converse_text import answer_slots as converse_answer_slots
 from extproc.guardrails.converse_text import drop_reasoning as drop_converse_reasoning
 from extproc.guardrails.converse_text import request_slots as converse_request_slots
-from extproc.guardrails.embedding_input import input_slots
+from extproc.guardrails.embedding_input import input_slots, rerank_slots
 from extproc.guardrails.enrichment import enrich, template_values
 from extproc.guardrails.framed_stream import ConverseStreamGuard, FramedStreamGuard
 from extproc.guardrails.gemini_stream import GeminiStreamGuard
@@ -717,6 +717,8 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
     api = ctx.route.api
     if api is RouteApi.OPENAI_EMBEDDINGS:
         return metadata.openai_carried_slots(body, _carried(ctx)) + input_slots(body), None
+    if api is RouteApi.RERANK:
+        return metadata.openai_slots(body) + rerank_slots(body), None
     if api in RESPONSES_REQUESTS:
         found = metadata.openai_slots(body) + definitions.responses_slots(body)
         return found + responses_request_slots(body), None
@@ -783,7 +785,12 @@ def _request_images(ctx: RequestContext) -> list[Image]:
         return responses_images(body)
     if api in GEMINI_APIS:
         return gemini_images(gemini_request(body))
-    if api in (RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_COMPLETIONS, RouteApi.OPENAI_IMAGES):
+    if api in (
+        RouteApi.OPENAI_EMBEDDINGS,
+        RouteApi.OPENAI_COMPLETIONS,
+        RouteApi.OPENAI_IMAGES,
+        RouteApi.RERANK,
+    ):
         return []
     converse = api is RouteApi.BEDROCK_CONVERSE
     if api is RouteApi.BEDROCK_COUNT_TOKENS:
@@ -927,7 +934,7 @@ def _enrich(ctx: RequestContext, guards: RouteGuards) -> None:
 
 # The client APIs whose answers response guards do not read.
 _UNGUARDED_ANSWERS = frozenset(
-    {RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_IMAGES, RouteApi.OPENAI_AUDIO}
+    {RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_IMAGES, RouteApi.OPENAI_AUDIO, RouteApi.RERANK}
 )
 
 

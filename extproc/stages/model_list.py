@@ -38,6 +38,7 @@ _USING_APIS = frozenset(
         RouteApi.ANTHROPIC_MESSAGES,
         RouteApi.ANTHROPIC_VERTEX,
         RouteApi.OPENAI_EMBEDDINGS,
+        RouteApi.RERANK,
         RouteApi.OPENAI_RESPONSES,
         RouteApi.OPENAI_COMPLETIONS,
         RouteApi.OPENAI_RESPONSES_COMPACT,

@@ -30,7 +30,13 @@ from extproc.chargeback.pricing import failover_members, request_cost
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
 from extproc.completions_api import completion_allowance as text_completion_allowance
 from extproc.completions_api import generated_choices
-from extproc.config.model import MESSAGES_BODY_APIS, UNMETERED_APIS, ProviderType, RouteApi
+from extproc.config.model import (
+    INPUT_ONLY_APIS,
+    MESSAGES_BODY_APIS,
+    UNMETERED_APIS,
+    ProviderType,
+    RouteApi,
+)
 from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.errors import (
     GatewayError,
@@ -58,6 +64,7 @@ from extproc.quota.thinking_budget import (
     least_completion,
     thinking_budget,
 )
+from extproc.rerank_api import estimated_search_units
 from extproc.runtime import Upstream
 from extproc.speech_api import audio_allowance, reports_tokens
 from extproc.stages.subject_credentials import refuse_credential_in_subjects
@@ -308,13 +315,14 @@ def estimated_usd_micros(ctx: RequestContext, prompt: int, completion: int) -> i
     are reserved."""
     models = {ctx.model, *failover_members(ctx)} if ctx.failover_model else {ctx.model}
     table = ctx.runtime.prices
-    audio = audio_prompt_usage(ctx, prompt)
-    if audio is not None:
-        # The audio API (which never fails over): priced as its bill will be, not at the
-        # text prices: a transcription's audio at its own price (whisper-1's by the
-        # minute), tts-1's characters at theirs, the speech gpt-4o-mini-tts writes as audio.
+    billed = billed_prompt_usage(ctx, prompt)
+    if billed is not None:
+        # The audio API and rerank (which never fail over): priced as the bill will be,
+        # not at the text prices: a transcription's audio at its own price (whisper-1's by
+        # the minute), tts-1's characters at theirs, the speech gpt-4o-mini-tts writes as
+        # audio, a rerank's searches at the price per search.
         usage = replace(
-            audio,
+            billed,
             completion_tokens=completion,
             total_tokens=prompt + completion,
             audio_output_tokens=completion if ctx.form is None else 0,
@@ -326,13 +334,16 @@ def estimated_usd_micros(ctx: RequestContext, prompt: int, completion: int) -> i
     return usd_micros(max(prompt * each.input + completion * each.output for each in priced))
 
 
-def audio_prompt_usage(ctx: RequestContext, prompt: int) -> Usage | None:
-    """An audio request's ``prompt`` estimate as a usage to price, as the provider's
-    report of it would be: a transcription's audio part (from the file's size,
-    ``audio_api``) as audio tokens and seconds (audio tokens at the audio input price,
-    whisper-1's seconds by the minute); tts-1's characters as billable characters (at
-    its per-character price); None for any other request."""
+def billed_prompt_usage(ctx: RequestContext, prompt: int) -> Usage | None:
+    """An audio or rerank request's ``prompt`` estimate as a usage to price, as the
+    provider's report of it would be: a transcription's audio part (from the file's
+    size, ``audio_api``) as audio tokens and seconds (audio tokens at the audio input
+    price, whisper-1's seconds by the minute); tts-1's characters as billable characters
+    (at its per-character price); a rerank's searches (one per 100 documents, at a price
+    per search where the model has one); None for any other request."""
     route = ctx.route
+    if route is not None and route.api is RouteApi.RERANK:
+        return Usage(prompt, 0, prompt, search_units=estimated_search_units(ctx.body))
     if route is None or route.api is not RouteApi.OPENAI_AUDIO:
         return None
     if ctx.form is None:
@@ -395,7 +406,7 @@ def reserved_completion(ctx: RequestContext, member: Upstream | None = None) -> 
     largest, so a hard cap leaves every member the room it needs. ``member``: the
     allowance of that one chain member's attempt (a cut attempt's charge)."""
     route = ctx.route
-    if ctx.body is None or (route is not None and route.api is RouteApi.OPENAI_EMBEDDINGS):
+    if ctx.body is None or (route is not None and route.api in INPUT_ONLY_APIS):
         return 0
     if route is not None and route.api is RouteApi.OPENAI_IMAGES:
         return picture_allowance(ctx.body)  # n pictures at their quality and size
@@ -543,7 +554,7 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
     # Shared by the completions the provider generates: each gets its part of the room.
     choices = _choices(ctx)
     completion = (min(_left_before(reservation, i) for i in capped) - prompt) // choices
-    embeddings = ctx.route is not None and ctx.route.api is RouteApi.OPENAI_EMBEDDINGS
+    embeddings = ctx.route is not None and ctx.route.api in INPUT_ONLY_APIS
     if completion < _least_completion(ctx):
         store = ctx.runtime.services.quota_store
         assert store is not None
@@ -602,7 +613,11 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
 # needs room for its input only; a Responses API call 16 tokens, the smallest
 # max_output_tokens OpenAI accepts (a lower cap would turn the request into the
 # provider's 400 about a field the client never set); a chat call one token.
-_LEAST_COMPLETION = {RouteApi.OPENAI_EMBEDDINGS: 0, RouteApi.OPENAI_RESPONSES: 16}
+_LEAST_COMPLETION = {
+    RouteApi.OPENAI_EMBEDDINGS: 0,
+    RouteApi.RERANK: 0,
+    RouteApi.OPENAI_RESPONSES: 16,
+}
 
 
 def _least_completion(ctx: RequestContext) -> int:

@@ -28,7 +28,7 @@ from functools import lru_cache
 
 from extproc import audio_api, headers, vertex_client_api
 from extproc.agents.directory import AGENT_APIS
-from extproc.config.model import RouteApi
+from extproc.config.model import INPUT_ONLY_APIS, RouteApi
 from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
 from extproc.converse_api import operation_api
@@ -141,9 +141,7 @@ class RoutingStage:
         if ctx.runtime.lean_response(answered_as, named_model):
             ctx.lean_response = True
             # Embeddings never stream (a body asking to is refused): one buffered answer.
-            buffered = route.api is RouteApi.OPENAI_EMBEDDINGS or (
-                hints is not None and hints.stream is False
-            )
+            buffered = route.api in INPUT_ONLY_APIS or (hints is not None and hints.stream is False)
             out.mode_override = LEAN_BUFFERED if buffered else LEAN_RESPONSE
             if hints is not None and (hinted or buffered):
                 # Envoy's reading chose the path: the gateway's parse must agree. Most

@@ -73,6 +73,7 @@ _NO_TEXT_ANSWERS = frozenset(
         RouteApi.OPENAI_IMAGES,
         RouteApi.OPENAI_AUDIO,
         RouteApi.OPENAI_MODERATIONS,
+        RouteApi.RERANK,
     }
 )
 

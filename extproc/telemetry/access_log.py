@@ -98,6 +98,9 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "completion_image_tokens": usage.image_output_tokens,
         # The image part of prompt_tokens (OpenAI's GPT Image models), at the image price.
         "prompt_image_tokens": usage.image_tokens,
+        # A rerank's searches, when its provider bills searches (Cohere), at the model's
+        # price per search; null for a request billed by tokens.
+        "search_units": usage.search_units,
         # The pictures of the Responses API's image generation tool: parts of the counts
         # above, billed at their image model's prices (docs/chargeback.md).
         "image_generation_model": (

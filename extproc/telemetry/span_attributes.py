@@ -112,6 +112,8 @@ OPERATIONS = {
     RouteApi.BEDROCK_COUNT_TOKENS: "count_tokens",
     RouteApi.ANTHROPIC_COUNT_TOKENS: "count_tokens",
     RouteApi.OPENAI_EMBEDDINGS: "embeddings",
+    # A rerank generates nothing and is no embedding; the conventions have no value for it.
+    RouteApi.RERANK: "rerank",
     # The conventions' own value for OpenAI's legacy completions API.
     RouteApi.OPENAI_COMPLETIONS: "text_completion",
     # The Responses API's compaction generates (and is billed), yet is no chat: a search

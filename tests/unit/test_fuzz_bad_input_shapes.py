@@ -168,6 +168,11 @@ MODERATIONS_FIELDS: list[FieldPath] = [
     ("model",), ("input",), ("input", 0), ("input", 0, "text"), ("input", 1, "image_url"),
     ("input", 1, "image_url", "url"),
 ]  # fmt: skip
+RERANK = {"model": "rerank-v3.5", "query": "hi", "documents": ["a", {"text": "b"}], "top_n": 1}
+RERANK_FIELDS: list[FieldPath] = [
+    ("model",), ("query",), ("documents",), ("documents", 0), ("documents", 1),
+    ("documents", 1, "text"), ("top_n",), ("return_documents",), ("max_tokens_per_doc",),
+]  # fmt: skip
 CONVERSE = {
     "messages": [{"role": "user", "content": [{"text": "Say hi."}]}],
     "inferenceConfig": {"maxTokens": 20},
@@ -264,6 +269,8 @@ SHAPES: dict[str, Shape] = {
         "/v1/embeddings", {"model": "cohere-embed", "input": ["hi"]}, EMBEDDINGS_FIELDS, "openai"
     ),
     "moderations": Shape("/v1/moderations", MODERATIONS, MODERATIONS_FIELDS, "openai"),
+    "rerank": Shape("/v1/rerank", RERANK, RERANK_FIELDS, "openai"),
+    "rerank v2": Shape("/v2/rerank", RERANK, RERANK_FIELDS, "openai"),
     "responses": Shape("/v1/responses", RESPONSES, RESPONSES_FIELDS, "openai"),
     "responses compact": Shape("/v1/responses/compact", RESPONSES, RESPONSES_FIELDS, "openai"),
     "responses input_tokens": Shape(
@@ -637,6 +644,7 @@ SHAPE_OF_API = {
     RouteApi.OPENAI_AUDIO: "audio",
     RouteApi.OPENAI_EMBEDDINGS: "embeddings openai",
     RouteApi.OPENAI_MODERATIONS: "moderations",
+    RouteApi.RERANK: "rerank",
     RouteApi.OPENAI_RESPONSES: "responses",
     RouteApi.OPENAI_RESPONSES_COMPACT: "responses compact",
     RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: "responses input_tokens",
