@@ -1130,6 +1130,12 @@ def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
                 " Moderations API does not fail over: its requests go to its own provider"
                 " alone; remove its fallbacks"
             )
+        if model.kind is ModelKind.RERANK and model.fallbacks:
+            yield (
+                f"models[{index}].fallbacks: {model.name!r} is a rerank model, and rerank"
+                " does not fail over: its requests go to its own provider alone; remove"
+                " its fallbacks"
+            )
         if model.kind is ModelKind.IMAGES and model.fallbacks:
             # Served as written, they were never used: an operator counting on them found
             # out when the provider failed (config.image_fallbacks warns of a model

@@ -7,14 +7,17 @@ estimate when the answer reports neither) as the log line and the cost show them
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import yaml
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import headers
 from extproc.config import GatewayConfig
+from extproc.config.loader import ConfigError, parse_config
 from extproc.config.model import GatewayConfig as GatewayConfigModel
 from extproc.config.model import ModelKind
 from extproc.processor import Processor
@@ -288,3 +291,16 @@ async def test_a_request_guard_reads_the_query_and_the_documents() -> None:
     assert body["error"]["message"] == "Sorry, I cannot talk about credit cards."
     answers = await gateway.send("/v1/rerank", rerank(query="Mail bob@example.com a list"))
     assert upstream_body(answers[-1])["query"] != "Mail bob@example.com a list"
+
+
+def test_a_rerank_model_takes_no_fallbacks() -> None:
+    """Rerank does not fail over: fallbacks on a rerank model would never be used, and
+    an operator counting on them would find out when its provider failed."""
+    raw = yaml.safe_load(Path("config/gateway.yaml").read_text())
+    raw["providers"].append({"name": "other", "base_url": "http://127.0.0.1:1/v1"})
+    raw["models"].append({"name": "rerank-other", "provider": "other", "kind": "rerank"})
+    for model in raw["models"]:
+        if model["name"] == "rerank-v3.5":
+            model["fallbacks"] = ["rerank-other"]
+    with pytest.raises(ConfigError, match="rerank model"):
+        parse_config(yaml.safe_dump(raw), "t", {})
