@@ -1176,6 +1176,7 @@ def _group_problems(config: GatewayConfig) -> Iterator[str]:
             yield f"{where}.name: {group.name!r} is already the name of model_groups[{other}]"
         seen: set[str] = set()
         kinds: dict[ModelKind, str] = {}
+        kindless: list[str] = []
         for position, member in enumerate(group.members):
             field = f"{where}.members[{position}].model"
             name = member.model
@@ -1194,6 +1195,17 @@ def _group_problems(config: GatewayConfig) -> Iterator[str]:
             kind = by_name[name].kind
             if kind is not None:
                 kinds.setdefault(kind, name)
+            else:
+                kindless.append(name)
+        if ModelKind.MODERATION in kinds and kindless:
+            # The moderation routes serve no model of unstated kind (route_takes_kind):
+            # such a member's draws would be 400s, the others' classified.
+            yield (
+                f"{where}.members: {kinds[ModelKind.MODERATION]!r} is a moderation model and"
+                f" {', '.join(map(repr, kindless))} states no kind: a moderation group's"
+                " members must each be of kind moderation (a request for the group would"
+                " be refused or not by the member drawn)"
+            )
         if len(kinds) > 1:
             listed = ", ".join(f"{name!r} is {kind}" for kind, name in kinds.items())
             yield (

@@ -306,6 +306,23 @@ def test_a_moderation_model_takes_no_fallbacks() -> None:
         parse_config(yaml.safe_dump(raw), "t", {})
 
 
+def test_a_group_of_moderation_models_with_a_member_of_no_kind_is_refused_at_load() -> None:
+    """Served, a request for the group was a 400 on the draws of the member of no kind
+    (the moderation route serves none) and classified on the others."""
+    raw = yaml.safe_load(DEFAULT_CONFIG)
+    raw["models"].append({"name": "in-house-moderation", "provider": "mock"})
+    raw["model_groups"] = [
+        {
+            "name": "moderation",
+            "members": [{"model": "omni-moderation-latest"}, {"model": "in-house-moderation"}],
+        }
+    ]
+    with pytest.raises(ConfigError) as raised:
+        parse_config(yaml.safe_dump(raw), "t", {})
+    assert "model_groups[0].members" in str(raised.value)
+    assert "'in-house-moderation'" in str(raised.value)
+
+
 def test_a_moderation_route_takes_no_enrichment() -> None:
     enrichment = "\n    enrichment: {prepend: [{role: system, content: Be kind.}]}"
     text = DEFAULT_CONFIG.replace(
