@@ -1097,6 +1097,18 @@ def _provider_problems(index: int, provider: ProviderConfig) -> Iterator[str]:
         )
 
 
+# The kinds whose APIs do not fail over, and those APIs: a model of one takes no fallbacks
+# and is no other model's fallback (it would be reached only by another API's requests,
+# which it does not serve).
+_KIND_API = {
+    ModelKind.IMAGES: "the Images API",
+    ModelKind.TRANSCRIPTION: "the audio API",
+    ModelKind.SPEECH: "the audio API",
+    ModelKind.MODERATION: "the Moderations API",
+    ModelKind.RERANK: "the rerank API",
+}
+
+
 def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
     by_name = {m.name: m for m in config.models}
     chains: dict[str, str] = {}
@@ -1136,6 +1148,18 @@ def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
                 " does not fail over: its requests go to its own provider alone; remove"
                 " its fallbacks"
             )
+        if model.kind not in _KIND_API:
+            for name in model.fallbacks:
+                kind = by_name[name].kind
+                if kind is not None and kind in _KIND_API:
+                    # Reached only by another API's requests, which it does not serve
+                    # (and a moderation model priced at its zero price where pricing
+                    # names none).
+                    yield (
+                        f"models[{index}].fallbacks: {name!r} is a {kind} model, served by"
+                        f" {_KIND_API[kind]} alone, which does not fail over: it can be no"
+                        " model's fallback"
+                    )
         if model.kind is ModelKind.IMAGES and model.fallbacks:
             # Served as written, they were never used: an operator counting on them found
             # out when the provider failed (config.image_fallbacks warns of a model

@@ -323,6 +323,40 @@ def test_a_group_of_moderation_models_with_a_member_of_no_kind_is_refused_at_loa
     assert "'in-house-moderation'" in str(raised.value)
 
 
+def test_a_moderation_model_is_no_other_models_fallback() -> None:
+    """Loaded, a chat request that failed over went to a moderation model, which serves
+    no chat (its provider's error instead of an answer), priced at its zero price."""
+    raw = yaml.safe_load(DEFAULT_CONFIG)
+    for model in raw["models"]:
+        if model["name"] == "omni-moderation-latest":
+            model["provider"] = "openai"
+        if model["name"] == "gpt-4o-mini":
+            model["fallbacks"] = ["omni-moderation-latest"]
+    with pytest.raises(ConfigError) as raised:
+        parse_config(yaml.safe_dump(raw), "t", {})
+    assert "fallbacks" in str(raised.value)
+    assert "'omni-moderation-latest' is a moderation model" in str(raised.value)
+
+
+@pytest.mark.parametrize("fallback", ["rerank-v3.5", "whisper-1", "tts-1"])
+def test_a_model_of_an_api_that_does_not_fail_over_is_no_other_models_fallback(
+    fallback: str,
+) -> None:
+    """A rerank, transcription or speech model as a chat model's fallback: a chat request
+    that failed over would be sent to a model that serves no chat."""
+    raw = yaml.safe_load(DEFAULT_CONFIG)
+    raw["providers"].append({"name": "other", "base_url": "http://127.0.0.1:1/v1"})
+    for model in raw["models"]:
+        if model["name"] == fallback:
+            model["provider"] = "other"
+        if model["name"] == "gpt-4o-mini":
+            model["fallbacks"] = [fallback]
+    with pytest.raises(ConfigError) as raised:
+        parse_config(yaml.safe_dump(raw), "t", {})
+    assert f"{fallback!r} is a " in str(raised.value)
+    assert "can be no model's fallback" in str(raised.value)
+
+
 def test_a_moderation_route_takes_no_enrichment() -> None:
     enrichment = "\n    enrichment: {prepend: [{role: system, content: Be kind.}]}"
     text = DEFAULT_CONFIG.replace(
