@@ -54,7 +54,7 @@ class AnswerCache:
 
 def _key(phase: str, out: PhaseOutput) -> tuple[Any, ...] | None:
     """Everything the phase's answer is built from, or None when it is not to be kept."""
-    if out.body is not None or out.answer is not None:
+    if out.body is not None or out.answer is not None or out.reset is not None:
         return None
     if _SIGNED_FOR_AWS in out.set_headers:
         # A SigV4 signature (Bedrock) is the request's own, its time and body hash in it:

@@ -286,6 +286,10 @@ class PhaseOutput:
     client_api: str | None = None
     # Set when the gateway answers the client itself (status, body, headers): no upstream call.
     answer: tuple[int, bytes, dict[str, str]] | None = None
+    # Set when the client's response must fail with this error though its status may
+    # have left: a failure its body cannot show (raw audio) must not look like a whole,
+    # short answer (``envoy_messages.reset_response``).
+    reset: GatewayError | None = None
 
 
 @dataclass(slots=True)

@@ -211,6 +211,22 @@ def immediate_response(
     return response
 
 
+def reset_response(
+    error: GatewayError, request_id: str, api_shape: str, out: PhaseOutput
+) -> ext.ProcessingResponse:
+    """Fail a response in its body phase, its status perhaps gone: ``error`` as an
+    immediate answer. Envoy 1.40 sends it (its status, its body) when it still holds the
+    response's headers (the failure came in the first bytes of the body it read, before
+    it applied the answer to the headers); once they have left it cannot, and resets the
+    client's stream instead (HTTP/1.1: the connection closes before the chunked body's
+    end; HTTP/2: RST_STREAM) and the provider's. The metadata goes with it."""
+    response = error_response(error, request_id, api_shape)
+    response.immediate_response.details = "aigw_response_failed"
+    if out.metadata is not None:
+        add_metadata(response, out.metadata)
+    return response
+
+
 def error_response(
     error: GatewayError, request_id: str, api_shape: str = "openai"
 ) -> ext.ProcessingResponse:

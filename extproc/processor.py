@@ -157,6 +157,13 @@ class Processor:
                         _add_request_metadata(ctx, phase, answer)
                     yield answer
                     return
+                if out.reset is not None:
+                    # The stages recorded the failure (the log line, the usage): the
+                    # client's response, its status perhaps gone, fails.
+                    yield envoy_messages.reset_response(
+                        out.reset, ctx.request_id, ctx.error_shape, out
+                    )
+                    return
                 if phase == "request_headers" and not attempt and ctx.runtime.envoy_reads_request:
                     # Envoy's access log and span print the method and path from the
                     # first answer (envoy_request_record); the stages' own entries win.

@@ -16,7 +16,7 @@ The value is a semicolon-separated list of ``key=value`` pairs::
     error_after= int >= 0             ; streams: after this many content chunks, send the
                                       ; provider's own mid-stream error event and end the
                                       ; stream (non-streaming answers are not affected)
-    end_after  = int >= 0             ; Anthropic's Messages and OpenAI chat streams: after
+    end_after  = int >= 0             ; Anthropic's Messages, OpenAI chat and speech: after
                                       ; this many content chunks, end the body cleanly,
                                       ; before message_delta and message_stop (the finish
                                       ; chunk, the usage chunk and [DONE]): a proxy, or a

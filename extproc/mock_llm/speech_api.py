@@ -13,9 +13,13 @@ The body is JSON: ``model``, ``input`` (at most 4,096 characters), ``voice``,
   tokens (``count_tokens``), ``output_tokens`` one per ``BYTES_PER_AUDIO_TOKEN`` bytes
   of audio (rounded up), ``total_tokens`` their sum.
 
-Faults (``x-mock-fault``): ``status``, ``delay``, ``interval`` (seconds between
-pieces), ``reset_after`` (the connection dropped after that many pieces), ``no_usage``
-(the done event without ``usage``).
+Faults (``x-mock-fault``): ``status``, ``delay``, ``first_chunk_delay`` (seconds
+between the status and the first piece), ``interval`` (seconds between pieces),
+``reset_after`` (the connection dropped after that many pieces), ``no_usage``
+(the done event without ``usage``); for ``stream_format: sse``, ``error_after`` (after
+that many deltas, the ``error`` event ``STREAM_ERROR`` and the body's end),
+``end_after`` (after that many deltas, the body's clean end, no done event) and
+``garbage`` (every delta's ``audio`` not base64).
 """
 
 from __future__ import annotations
@@ -55,6 +59,19 @@ CHUNKS = 4
 BYTES_PER_AUDIO_TOKEN = 2
 _STREAM_FORMATS = ("audio", "sse")
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+# The error event of a failed speech stream (the error_after fault), as OpenAI's
+# streams of events name it: type error, the error's fields under error.
+STREAM_ERROR = {
+    "type": "error",
+    "error": {
+        "message": "The server had an error while processing your request."
+        " (injected by x-mock-fault)",
+        "type": "server_error",
+        "param": None,
+        "code": "server_error",
+    },
+}
+NOT_BASE64 = "not base64 (injected by x-mock-fault)"
 
 
 def spoken(body: dict[str, Any]) -> bytes:
@@ -137,14 +154,23 @@ class SpeechEndpoint:
         await response.prepare(request)
         try:
             for sent, piece in enumerate(pieces(audio)):
-                if sent and fault.interval_s:
-                    await asyncio.sleep(fault.interval_s)
+                pause = fault.pause_before_event(sent, fault.interval_s or 0.0)
+                if pause:
+                    await asyncio.sleep(pause)
                 if sent == fault.reset_after:
                     return abort_connection(request, response)
                 if not sse:
                     await response.write(piece)
                     continue
-                delta = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}
+                if sent == fault.error_after:
+                    await response.write(b"data: " + orjson.dumps(STREAM_ERROR) + b"\n\n")
+                    await response.write_eof()
+                    return response
+                if sent == fault.end_after:
+                    await response.write_eof()
+                    return response
+                said = NOT_BASE64 if fault.garbage else base64.b64encode(piece).decode()
+                delta = {"type": "speech.audio.delta", "audio": said}
                 await response.write(b"data: " + orjson.dumps(delta) + b"\n\n")
             if sse:
                 done: dict[str, Any] = {"type": "speech.audio.done"}

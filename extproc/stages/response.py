@@ -30,16 +30,26 @@ from extproc.attempt_report import decode
 from extproc.backends import (
     bedrock_tier_asked,
     plan_response,
+    provider_secrets,
     scrub_answer_error,
     without_provider_credentials,
 )
 from extproc.chargeback.pricing import request_cost
 from extproc.config.model import ProviderType, RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
+from extproc.credential_cleaner import hide_in_error
 from extproc.envoy_messages import status_code
+from extproc.errors import GatewayError, without_secrets
 from extproc.stages.cut_answer import charge_answer_too_large, charge_whole_answer
 from extproc.translators.answer_errors import ProviderAnswerError, answer_error
-from extproc.translators.base import ResponseTranslator, stream_failure
+from extproc.translators.base import (
+    INVALID_UPSTREAM_RESPONSE,
+    STREAM_ENDED_EARLY,
+    ProviderStreamError,
+    ResponseTranslator,
+    failure_unreadable,
+    stream_failure,
+)
 from extproc.translators.unreadable_answers import UnreadableAnswerError, replaced_error
 
 
@@ -159,6 +169,10 @@ class ResponseStage:
             if replacing is not None and ctx.error is None:
                 _answer_replaced(ctx, out, replacing)
         if ctx.stream and _provider_failed(ctx, translator):
+            if failure_unreadable(translator):
+                # Its client reads no error in the body (raw audio): the response must
+                # not end as a whole, short one would.
+                out.reset = _client_error(ctx, translator)
             return
         if not end_of_stream and not (
             ctx.stream and _ends_stream(ctx, translator, _sent(translator, out, chunk))
@@ -243,6 +257,21 @@ def _provider_failed(ctx: RequestContext, translator: ResponseTranslator) -> boo
             # (the upstream error counter still counts the provider's failure).
             ctx.error = failure.error
     return True
+
+
+def _client_error(ctx: RequestContext, translator: ResponseTranslator) -> GatewayError:
+    """The provider's failure as the client is told it, when its response fails in its
+    body phase (``PhaseOutput.reset``): without the gateway's credentials for the provider
+    (the log line quotes the same error) or the client's own."""
+    failure = stream_failure(translator)
+    error = failure.error if failure is not None and failure.error is not None else ctx.error
+    if error is None:
+        error = ProviderStreamError(
+            STREAM_ENDED_EARLY, error_type="upstream_error", code=INVALID_UPSTREAM_RESPONSE
+        )
+    error.message = without_secrets(error.message, provider_secrets(ctx.upstream))
+    hide_in_error(ctx, error)
+    return error
 
 
 # What a stream's client reads last, by the API it speaks (the Responses API's stream

@@ -298,6 +298,13 @@ def stream_failure(translator: object) -> StreamFailure | None:
     return found if isinstance(found, StreamFailure) else None
 
 
+def failure_unreadable(translator: object) -> bool:
+    """Whether the client of a stream translator cannot read its failure in the body it
+    gets (raw audio decoded from events): its response must end abnormally instead
+    (``PhaseOutput.reset``). False for every reader whose client reads an error event."""
+    return getattr(translator, "failure_unreadable", False) is True
+
+
 def counts_so_far(translator: object) -> StreamFailure | None:
     """What a stream's provider had reported when the stream was cut (the client left),
     with no error; None from a translator that keeps no counts before usage is whole

@@ -16,6 +16,12 @@ place, so the client reads what OpenAI would have sent it; for one that asked fo
 events they pass as they came. A stream cut before its done event (or an answer of a
 token model that carries no events) is charged the prompt's estimate and the audio the
 quota reserved (``counts_so_far``): the gateway cannot count audio tokens from bytes.
+
+The raw-audio client reads no error event: when the provider's stream fails (its
+``error`` event, a delta whose audio is not base64, a body that ends before the done
+event), the reader records the failure and says so (``failure_unreadable``), and the
+client's response fails (Envoy resets it once its 200 has left) rather than ending as
+a whole, short audio file (``PhaseOutput.reset``).
 """
 
 from __future__ import annotations
@@ -26,13 +32,19 @@ import binascii
 import orjson
 
 from extproc.context import Usage
-from extproc.translators.base import ProviderStreamError, StreamFailure
+from extproc.translators.base import (
+    INVALID_UPSTREAM_RESPONSE,
+    STREAM_ENDED_EARLY,
+    ProviderStreamError,
+    StreamFailure,
+)
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data
 from extproc.translators.token_counts import token_count
 
 _DELTA = "speech.audio.delta"
 _DONE = "speech.audio.done"
 _READ_EVENTS = (b'"speech.audio.done"', b'"error"')
+NOT_BASE64 = "the provider's stream carried audio that is not base64"
 
 
 def speech_usage(event: object) -> Usage | None:
@@ -98,6 +110,8 @@ class SpeechEventReader:
         self.generated_chars = 0  # as SpeechAudioReader's
         self._allowance = allowance
         self._decode = decode
+        # The raw-audio client reads no error event: a failure resets its response.
+        self.failure_unreadable = decode
         self._began = False
         self._events = EventBuffer()
 
@@ -112,8 +126,14 @@ class SpeechEventReader:
             return None
         audio = []
         for event in complete.split(EVENT_END):
+            if self.failure is not None:
+                break  # nothing after the failure reaches the client
             if event.strip():
                 audio.append(self._read_event(event))
+        if end_of_stream and not self.terminal_event_read and self.failure is None:
+            # Ended cleanly without its done event (a proxy ending a cut stream as if
+            # whole): charged as a cut stream, and the client's response fails.
+            self._failed(STREAM_ENDED_EARLY)
         return b"".join(audio)
 
     def _read_event(self, event: bytes) -> bytes:
@@ -129,8 +149,13 @@ class SpeechEventReader:
             self._began = True
             audio = parsed.get("audio")
             try:
-                return base64.b64decode(audio, validate=True) if isinstance(audio, str) else b""
+                if not isinstance(audio, str):
+                    raise ValueError(audio)
+                return base64.b64decode(audio, validate=True)
             except (binascii.Error, ValueError):
+                # A hole in the audio the client could not hear of: the provider's
+                # stream is broken, and fails as one.
+                self._failed(NOT_BASE64)
                 return b""
         if kind == _DONE:
             self.usage = speech_usage(parsed)
@@ -148,6 +173,17 @@ class SpeechEventReader:
                 audio_output_tokens=self._allowance if self._began else 0,
             )
         return b""
+
+    def _failed(self, message: str) -> None:
+        """A stream of the provider's the gateway cannot read on: charged as one cut after
+        its audio began (what came may have been the answer)."""
+        self.failure = StreamFailure(
+            ProviderStreamError(
+                message, error_type="upstream_error", code=INVALID_UPSTREAM_RESPONSE
+            ),
+            completion_tokens=self._allowance,
+            audio_output_tokens=self._allowance,
+        )
 
     def counts_so_far(self) -> StreamFailure | None:
         """A stream cut before its done event: the audio the quota reserved (the gateway

@@ -257,3 +257,103 @@ def test_gpt_4o_mini_tts_is_billed_by_the_tokens_its_events_report(
             after, "tokens_consumed_total", api_key_id=KEY_ID, token_type=token_type
         ) - metric(before, "tokens_consumed_total", api_key_id=KEY_ID, token_type=token_type)
         assert grew == 2 * usage[key]
+
+
+@pytest.mark.parametrize("status_left", [False, True])
+def test_raw_audio_whose_events_fail_before_any_audio_fails_in_the_client(
+    stack: LocalStack, gateway_log: GatewayLog, tmp_path: Path, status_left: bool
+) -> None:
+    """gpt-4o-mini-tts' events fail (an error event) before any audio; the client asked
+    for the raw audio. Once its 200 has left (the provider waited before failing), its
+    response is reset; when the error came with the provider's first bytes, Envoy may
+    still hold the 200, and the client then gets the provider's error as a 502. Either
+    way the SDK raises instead of saving an empty file, and the request is charged
+    nothing."""
+    before = scrape(stack.metrics_url)
+    client = client_of(stack)
+    target = tmp_path / "never.mp3"
+    fault = "error_after=0" + (";first_chunk_delay=0.5" if status_left else "")
+    # Exception: a reset is the client's HTTP library's own error (the openai client's
+    # transport's).
+    with (
+        pytest.raises(Exception) as raised,
+        client.audio.speech.with_streaming_response.create(
+            model="gpt-4o-mini-tts",
+            voice="coral",
+            input=SAID,
+            extra_headers={"x-mock-fault": fault},
+        ) as response,
+    ):
+        response.stream_to_file(target)
+    assert not target.exists() or target.read_bytes() == b""
+    if isinstance(raised.value, openai.APIStatusError):
+        assert not status_left
+        assert raised.value.status_code == 502 and raised.value.type == "server_error"
+        assert "injected by x-mock-fault" in raised.value.message
+        request_id = raised.value.response.headers["x-request-id"]
+    else:
+        assert "incomplete chunked read" in str(raised.value)
+        request_id = response.headers["x-request-id"]
+    [line] = gateway_log.for_request(request_id)
+    assert (line["outcome"], line["error_type"]) == ("upstream_error", "server_error")
+    assert "injected by x-mock-fault" in line["error_message"]
+    assert (line["prompt_tokens"], line["completion_tokens"], cost(line)) == (0, 0, 0)
+    after = scrape(stack.metrics_url)
+    failed = metric(
+        after, "aigw_requests_total", model="gpt-4o-mini-tts", status_code="stream_error"
+    ) - metric(before, "aigw_requests_total", model="gpt-4o-mini-tts", status_code="stream_error")
+    assert failed == 1
+    assert metric(after, "tokens_consumed_total", api_key_id=KEY_ID) == metric(
+        before, "tokens_consumed_total", api_key_id=KEY_ID
+    )
+
+
+@pytest.mark.parametrize("fault", ["error_after=2", "garbage=1", "end_after=2"])
+def test_raw_audio_whose_events_break_after_some_audio_fails_in_the_client(
+    stack: LocalStack, gateway_log: GatewayLog, fault: str
+) -> None:
+    """The events fail after two deltas (an error event), carry audio that is not base64,
+    or end cleanly before the done event, after the client's 200 left: the raw-audio
+    client's response is reset, not a short file, and the request is charged the
+    estimate."""
+    request_id = ""
+    got = b""
+    with (
+        # The client's HTTP library's own error (the openai client's transport's).
+        pytest.raises(Exception, match="incomplete chunked read"),
+        client_of(stack).audio.speech.with_streaming_response.create(
+            model="gpt-4o-mini-tts",
+            voice="coral",
+            input=SAID,
+            extra_headers={"x-mock-fault": f"{fault};first_chunk_delay=0.5;interval=0.1"},
+        ) as response,
+    ):
+        request_id = response.headers["x-request-id"]
+        for piece in response.iter_bytes():
+            got += piece
+    assert spoken({"voice": "coral", "input": SAID}).startswith(got)
+    [line] = gateway_log.for_request(request_id)
+    assert line["outcome"] == "upstream_error"
+    if fault != "error_after=2":
+        assert line["error_code"] == "invalid_upstream_response"
+    assert line["usage_estimated"] is True
+    # The characters as prompt tokens, and the audio the quota reserved: two a character.
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (len(SAID), 2 * len(SAID))
+
+
+def test_events_asked_for_keep_their_error_event(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    with client_of(stack).audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts",
+        voice="coral",
+        input=SAID,
+        stream_format="sse",
+        extra_headers={"x-mock-fault": "error_after=0"},
+    ) as response:
+        body = response.read()
+        request_id = response.headers["x-request-id"]
+    [event] = [orjson.loads(x[6:]) for x in body.splitlines() if x.startswith(b"data: ")]
+    assert event["type"] == "error" and event["error"]["type"] == "server_error"
+    [line] = gateway_log.for_request(request_id)
+    assert (line["outcome"], line["prompt_tokens"]) == ("upstream_error", 0)

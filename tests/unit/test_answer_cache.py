@@ -88,4 +88,5 @@ def test_the_key_covers_every_part_of_a_phase_output() -> None:
         "metadata",
         "client_api",
         "answer",
+        "reset",
     }

@@ -9,6 +9,7 @@ through the real processor (real ext_proc messages) on the default config
 from __future__ import annotations
 
 import base64
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -427,6 +428,85 @@ async def test_an_error_event_after_some_audio_is_charged_the_estimate(
     assert (line["prompt_tokens"], line["completion_tokens"]) == (45, 90)
 
 
+# A raw-audio client has had its 200 when the provider's events fail: its response must
+# end abnormally (Envoy resets it on the gateway's immediate answer, the response headers
+# having left), never as a clean, short audio file its SDK would save as if whole.
+
+
+def client_response_reset(answers: list[ext.ProcessingResponse]) -> bool:
+    return answers[-1].WhichOneof("response") == "immediate_response"
+
+
+def failed_with(answers: list[ext.ProcessingResponse]) -> tuple[int, dict[str, Any]]:
+    """The status and error the immediate answer fails the response with (Envoy sends
+    them when it still holds the response's headers, else resets the stream)."""
+    immediate = answers[-1].immediate_response
+    return immediate.status.code, orjson.loads(immediate.body)["error"]
+
+
+async def test_an_error_event_before_any_audio_fails_the_raw_audio_clients_response(
+    processor: Processor, services: Services
+) -> None:
+    answers = await send_events(processor, speech(model=MINI), (ERROR_EVENT,))
+    assert client_response_reset(answers)
+    status, error = failed_with(answers)
+    assert (status, error["message"], error["type"]) == (502, "overloaded", "server_error")
+    line = only_line(services)
+    assert line["prompt_tokens"] == 0 and cost(line) == 0
+    assert "overloaded" in line["error_message"]
+    assert sample(services, "aigw_requests_total", status_code="stream_error") == 1
+
+
+async def test_an_error_event_after_some_audio_fails_the_raw_audio_clients_response(
+    processor: Processor, services: Services
+) -> None:
+    stream = events(AUDIO)
+    first = stream[: stream.index(b"\n\n") + 2]
+    answers = await send_events(processor, speech(model=MINI), (first, ERROR_EVENT))
+    assert answers[3].response_body.response.body_mutation.body == AUDIO[:700]
+    assert client_response_reset(answers)
+    line = only_line(services)
+    assert line["usage_estimated"] is True and "overloaded" in line["error_message"]
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (45, 90)
+
+
+async def test_audio_that_is_not_base64_fails_the_raw_audio_clients_response(
+    processor: Processor, services: Services
+) -> None:
+    stream = events(AUDIO)
+    first = stream[: stream.index(b"\n\n") + 2]
+    broken = b'data: {"type": "speech.audio.delta", "audio": "not base64!"}\n\n'
+    answers = await send_events(
+        processor, speech(model=MINI), (first, broken, stream[len(first) :])
+    )
+    # No hole in the audio: the client's response fails where the audio broke.
+    assert client_response_reset(answers)
+    assert len(answers) == 5
+    assert failed_with(answers)[1]["code"] == "invalid_upstream_response"
+    line = only_line(services)
+    assert line["error_code"] == "invalid_upstream_response"
+    assert "base64" in line["error_message"]
+    # Charged as a stream cut after some audio: the estimate.
+    assert line["usage_estimated"] is True
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (45, 90)
+    assert sample(services, "aigw_upstream_errors_total", status_code="stream_error") == 1
+
+
+async def test_events_ended_before_the_done_event_fail_the_raw_audio_clients_response(
+    processor: Processor, services: Services
+) -> None:
+    """The provider's body ended cleanly after a delta, without its done event (a proxy
+    ending a cut stream as if whole)."""
+    stream = events(AUDIO)
+    first = stream[: stream.index(b"\n\n") + 2]
+    answers = await send_events(processor, speech(model=MINI), (first, b""))
+    assert client_response_reset(answers)
+    line = only_line(services)
+    assert line["error_code"] == "invalid_upstream_response"
+    assert line["usage_estimated"] is True
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (45, 90)
+
+
 async def test_a_token_limit_reserves_the_audio_of_a_model_billed_by_tokens(
     quota_store: QuotaStore,
 ) -> None:
@@ -452,6 +532,48 @@ async def test_the_mock_speaks_deterministic_audio_in_the_format_asked(
     )
     assert answer.content.startswith(b"RIFF")
     assert answer.response.headers["content-type"] == "audio/wav"
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("error_after=1", ["speech.audio.delta", "error"]),
+        ("end_after=2", ["speech.audio.delta", "speech.audio.delta"]),
+    ],
+)
+async def test_the_mock_fails_a_speech_stream_on_request(
+    openai_client: AsyncOpenAI, fault: str, expected: list[str]
+) -> None:
+    async with openai_client.audio.speech.with_streaming_response.create(
+        model=MINI,
+        voice="alloy",
+        input="Hello there.",
+        stream_format="sse",
+        extra_headers={"x-mock-fault": fault},
+    ) as answer:
+        body = await answer.read()
+    sent = [orjson.loads(line[6:]) for line in body.splitlines() if line.startswith(b"data: ")]
+    assert [event["type"] for event in sent] == expected
+    if fault.startswith("error_after"):
+        assert sent[-1]["error"]["type"] == "server_error"
+
+
+async def test_the_mock_sends_audio_that_is_not_base64_on_request(
+    openai_client: AsyncOpenAI,
+) -> None:
+    async with openai_client.audio.speech.with_streaming_response.create(
+        model=MINI,
+        voice="alloy",
+        input="Hello there.",
+        stream_format="sse",
+        extra_headers={"x-mock-fault": "garbage=1"},
+    ) as answer:
+        body = await answer.read()
+    sent = [orjson.loads(line[6:]) for line in body.splitlines() if line.startswith(b"data: ")]
+    deltas = [event for event in sent if event["type"] == "speech.audio.delta"]
+    assert deltas and all(
+        not re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", event["audio"]) for event in deltas
+    )
 
 
 async def test_request_guards_read_what_is_read_aloud() -> None:
