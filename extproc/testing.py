@@ -133,6 +133,16 @@ def processor_for(config: GatewayConfig, services: Services | None = None) -> Pr
     return Processor(lambda: runtime, default_stages())
 
 
+def sample(services: Services, name: str, **labels: str) -> float:
+    """The sum of a metric's samples named ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for family in services.metrics.registry.collect():
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                total += found.value
+    return total
+
+
 @asynccontextmanager
 async def serve_mock(options: MockOptions | None = None) -> AsyncIterator[str]:
     """Run the mock provider on a free port of 127.0.0.1 and yield its base URL."""

@@ -33,6 +33,7 @@ from extproc.testing import (
     response_body,
     response_headers,
     run_stream,
+    sample,
 )
 from extproc.translators.generated_text import generated_chars
 from tests.unit.guard_helpers import config_with
@@ -111,15 +112,6 @@ STREAM = [chunk("This"), chunk(" is a"), chunk(" test.", "stop"), usage_chunk(5,
 def error_of(answer: ext.ProcessingResponse) -> tuple[int, dict[str, Any]]:
     status, body = immediate(answer)
     return status, body["error"]
-
-
-def sample(services: Services, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in services.metrics.registry.collect():
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                total += found.value
-    return total
 
 
 async def whole(

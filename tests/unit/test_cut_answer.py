@@ -41,6 +41,7 @@ from extproc.testing import (
     response_body,
     response_headers,
     run_stream,
+    sample,
 )
 from tests.unit.conftest import MemoryLog
 from tests.unit.sse_play import only_line
@@ -76,15 +77,6 @@ quotas:
   rules:
     - {name: team-day, subject: api_key, tokens_per_day: %d%s}
 """
-
-
-def sample(services: Services, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in services.metrics.registry.collect():
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                total += found.value
-    return total
 
 
 async def cut_after_headers(

@@ -16,7 +16,7 @@ from extproc.headers import METADATA_NAMESPACE
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
 from extproc.stages.pipeline import default_stages
-from extproc.testing import request_body, request_headers, run_stream
+from extproc.testing import request_body, request_headers, run_stream, sample
 from tests.unit.test_embeddings import AUTH, EMBEDDINGS, answer, call, embeddings, error_of
 
 # 400 characters of input: the quota's estimate is 100 tokens.
@@ -37,15 +37,6 @@ def span_fields(response: ext.ProcessingResponse) -> dict[str, Any]:
         response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
     )
     return found
-
-
-def sample(services: Services, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in services.metrics.registry.collect():
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                total += found.value
-    return total
 
 
 @pytest.fixture

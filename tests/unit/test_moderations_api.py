@@ -34,6 +34,7 @@ from extproc.testing import (
     response_body,
     response_headers,
     run_stream,
+    sample,
 )
 from tests.unit.conftest import MemoryLog
 from tests.unit.guard_helpers import config_with
@@ -59,15 +60,6 @@ def body(**fields: Any) -> bytes:
 def mutated_headers(answer: ext.ProcessingResponse) -> dict[str, str]:
     mutation = answer.request_body.response.header_mutation
     return {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
-
-
-def sample(services: Services, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in services.metrics.registry.collect():
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                total += found.value
-    return total
 
 
 def processor_of(

@@ -29,6 +29,7 @@ from extproc.testing import (
     response_body,
     response_headers,
     run_stream,
+    sample,
 )
 from tests.unit.guard_helpers import config_with
 from tests.unit.sse_play import only_line
@@ -83,15 +84,6 @@ async def whole(
             response_body(reply),
         ],
     )
-
-
-def sample(services: Services, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in services.metrics.registry.collect():
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                total += found.value
-    return total
 
 
 def error_of(answer: ext.ProcessingResponse) -> tuple[int, dict[str, Any]]:

@@ -45,6 +45,7 @@ from extproc.testing import (
     response_body,
     response_headers,
     run_stream,
+    sample,
 )
 from extproc.translators import sse
 from tests.unit.conftest import MemoryLog
@@ -89,15 +90,6 @@ def deltas_text(stream: bytes) -> str:
         if data["type"] == "response.output_text.delta":
             texts.append(data["delta"])
     return "".join(texts)
-
-
-def sample(services: Services, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in services.metrics.registry.collect():
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                total += found.value
-    return total
 
 
 async def whole(processor: Processor, body: bytes, answer: bytes) -> list[ext.ProcessingResponse]:

@@ -35,6 +35,7 @@ from extproc.testing import (
     response_body,
     response_headers,
     run_stream,
+    sample,
 )
 from tests.unit.conftest import MemoryLog
 from tests.unit.guard_helpers import config_with
@@ -91,15 +92,6 @@ INPUT_TOKENS_JSON = b'{"object":"response.input_tokens","input_tokens":41}'
 
 def compact_body(**fields: Any) -> bytes:
     return orjson.dumps({"model": "gpt-4o-mini", "input": HISTORY, **fields})
-
-
-def sample(services: Services, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in services.metrics.registry.collect():
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                total += found.value
-    return total
 
 
 def mutated_headers(answer: ext.ProcessingResponse) -> dict[str, str]:
