@@ -207,6 +207,10 @@ class Denial:
     # still be too small for this prompt (ever, or this period), a refusal that outlasts
     # the others, which the stage names instead.
     with_room: tuple[Denial, ...] = ()
+    # No limit refused: the hard cap did. Of the budgets ``with_room``, one at least has
+    # less left than this request's prompt and least answer (``reserve``'s ``room``), and
+    # the store counted the request in no limit, requests_per_* included.
+    too_short: bool = False
 
     @property
     def settled(self) -> int:
@@ -374,11 +378,14 @@ class QuotaStore:
                 upkeep.answered()
 
     async def reserve(
-        self, limits: list[Limit], token_cost: int, usd_micros: int = 0
+        self, limits: list[Limit], token_cost: int, usd_micros: int = 0, room: int = 0
     ) -> Reservation | Denial:
         """Check and reserve ``limits``: one request each, ``token_cost`` of each token
-        limit, ``usd_micros`` (its estimated cost) of each cost budget."""
-        groups, calls = self._reserve_calls(limits, token_cost, usd_micros)
+        limit, ``usd_micros`` (its estimated cost) of each cost budget. ``room``: the
+        least an enforced hard-capped token budget must have left for the request (its
+        prompt and least answer); one with less refuses it (``Denial.too_short``), in the
+        same script that would count it, so a refused request counts in no limit."""
+        groups, calls = self._reserve_calls(limits, token_cost, usd_micros, room)
         results = await self._round_trip(calls)
         return self._outcome(limits, groups, calls, results)
 
@@ -417,7 +424,7 @@ class QuotaStore:
         return (found if failed is None else failed), outcome
 
     def _reserve_calls(
-        self, limits: list[Limit], token_cost: int, usd_micros: int = 0
+        self, limits: list[Limit], token_cost: int, usd_micros: int = 0, room: int = 0
     ) -> tuple[list[list[tuple[int, Limit]]], list[_ReserveCall]]:
         # The cost comes from the client's body (its max_tokens): one past what the Lua
         # scripts count exactly (2^53 - 1, every limit's bound) reached a shadow rule's
@@ -427,12 +434,13 @@ class QuotaStore:
         # the subject's next requests until it settles, as a larger one would).
         token_cost = min(token_cost, MAX_LIMIT)
         usd_micros = min(usd_micros, MAX_LIMIT)
+        room = min(room, MAX_LIMIT)
         # A single server checks every subject in one script (atomic, no rollback);
         # a cluster needs one script per subject, since each lives in its own slot.
         groups = _by_subject(limits) if self._cluster else [list(enumerate(limits))]
         call_id = f"{self._call_tag}{next(self._call_numbers):x}"
         calls = [
-            self._reserve_call([limit for _, limit in group], token_cost, call_id, usd_micros)
+            self._reserve_call([limit for _, limit in group], token_cost, call_id, usd_micros, room)
             for group in groups
         ]
         return groups, calls
@@ -459,6 +467,8 @@ class QuotaStore:
         denial: Denial | None = None
         refusals: list[Denial] = []
         with_room: list[Denial] = []
+        # A hard-capped budget with too little left for the request refused it.
+        too_short: Denial | None = None
         now = self.now()
         failure: Exception | None = None
         admitted: list[list[tuple[int, Limit]]] = []
@@ -483,8 +493,10 @@ class QuotaStore:
                         int(result[at + 2]),
                         int(result[at + 3]),
                     )
-                    if int(result[at + 4]) == 0:
+                    if int(result[at + 4]) != 1:
                         with_room.append(found)
+                        if int(result[at + 4]) == 2 and too_short is None:
+                            too_short = found
                         continue
                     refusals.append(found)
                     if denial is None or _waits_longer(found, denial, now):
@@ -501,6 +513,10 @@ class QuotaStore:
                 generations[original] = int(result[1 + size * 3 + position])
                 holding[original] = int(result[1 + size * 4 + position])
                 held[original] = int(result[1 + size * 5 + position])
+        if denial is None and too_short is not None:
+            # The hard cap's refusal alone: named by the budgets with room (the stage
+            # weighs them all, as it weighs an admitted request's).
+            denial = replace(too_short, too_short=True)
         if denial is not None or failure is not None:
             # Another subject refused, or its server failed: give back what this request
             # took elsewhere, and whatever calls without an answer took, off the request
@@ -515,6 +531,12 @@ class QuotaStore:
             )
             self._queue_undos(lost)
             if denial is not None:
+                if admitted:
+                    # On a cluster, other subjects counted the refused request: given
+                    # back at once, not with the batch of the next few milliseconds, so
+                    # that it lands before the client's next request is likely to come
+                    # (the 429 waits for no round trip of it).
+                    self._send_now()
                 # A subject that admitted the request (on a cluster) tells its hard-capped
                 # budgets as they stood before this request, as a refusing one does.
                 with_room += [
@@ -568,7 +590,12 @@ class QuotaStore:
         return queue
 
     def _reserve_call(
-        self, limits: list[Limit], token_cost: int, call_id: str, usd_micros: int = 0
+        self,
+        limits: list[Limit],
+        token_cost: int,
+        call_id: str,
+        usd_micros: int = 0,
+        room: int = 0,
     ) -> _ReserveCall:
         now = self.now()
         # The marker shares the subject's hash tag: on a cluster, the slot of its counters.
@@ -589,6 +616,7 @@ class QuotaStore:
             args=[
                 CALL_MEMORY_S,
                 HELD_MEMORY_S,
+                room,
                 *(
                     value
                     for limit in limits

@@ -138,7 +138,8 @@ class QuotaStage:
         completion = 0 if counting else reserved_completion(ctx)
         costed = any(limit.kind == "c" for limit in limits)
         usd_micros = estimated_usd_micros(ctx, prompt, completion) if costed else 0
-        return self._reserve(ctx, out, limits, prompt + completion, usd_micros)
+        room = 0 if counting else _capped_room(ctx)
+        return self._reserve(ctx, out, limits, prompt + completion, usd_micros, room)
 
     async def _reserve(
         self,
@@ -147,6 +148,7 @@ class QuotaStage:
         limits: list[Limit],
         cost: int,
         usd_micros: int,
+        room: int,
     ) -> None:
         services = ctx.runtime.services
         store = services.quota_store
@@ -155,7 +157,7 @@ class QuotaStage:
         try:
             # asyncio.timeout, not wait_for: no extra task on the request path.
             async with asyncio.timeout(timeout):
-                result = await store.reserve(limits, cost, usd_micros)
+                result = await store.reserve(limits, cost, usd_micros, room)
                 if _settling_frees(ctx, store, result, cost):
                     # Refused for what running requests hold, all of which this process's
                     # own settlements, still in their batch, take off: typically the
@@ -166,7 +168,7 @@ class QuotaStage:
                     if isinstance(result, Reservation):
                         store.release(result)  # the hard cap refuses it: in the same batch
                     await store.land_settlements()
-                    result = await store.reserve(limits, cost, usd_micros)
+                    result = await store.reserve(limits, cost, usd_micros, room)
         except Exception as exc:
             services.metrics.store_error("quota_reserve")
             # A shadow rule never blocks: only enforced rules can fail the request closed.
@@ -262,12 +264,15 @@ def _settling_frees(
     """Whether ``result`` refuses the request (the store's refusal, or the hard cap's of a
     budget left too short) only for what running requests hold of budgets that settlements
     this process has not sent yet take off: landed, they may let it through."""
-    if isinstance(result, Denial):
+    if isinstance(result, Denial) and not result.too_short:
         refusals = result.refusals or (result,)
         held = all(each.only_held for each in refusals)
         return held and store.settling([each.limit for each in refusals])
     if not cost or ctx.body is None:
         return False  # a count: nothing to cap
+    if isinstance(result, Denial):
+        # The hard cap's refusal in the store: its budgets as they stood.
+        result = _as_reservation(list(result.with_room))
     short = _capped_short(ctx, result)
     if not short:
         return False
@@ -275,6 +280,14 @@ def _settling_frees(
     room = _answer_room(ctx)
     held = all(result.effective[i] - result.settled_before(i) - prompt >= room for i in short)
     return held and store.settling([result.limits[i] for i in short])
+
+
+def _capped_room(ctx: RequestContext) -> int:
+    """The least an enforced hard-capped token budget must have left for this request:
+    its prompt (and tool's picture) and the least answer of each choice. The reserve
+    script refuses it with less (``_capped_short`` reads the same bound), before it
+    counts the request in any limit."""
+    return fixed_tokens(ctx) + _least_completion(ctx) * _choices(ctx)
 
 
 def _capped_short(ctx: RequestContext, reservation: Reservation) -> list[int]:
@@ -558,10 +571,11 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
     if completion < _least_completion(ctx):
         store = ctx.runtime.services.quota_store
         assert store is not None
-        # Everything goes back, the request too: it never reached the provider, and a
-        # refusal by the store counts in no limit either (else each refused retry took
-        # one of the subject's requests_per_*). Forgotten first, so that done() cannot
-        # give it back a second time.
+        # The store refuses such a request itself, counting it nowhere (``_capped_room``);
+        # this is the safety net should it admit one. Everything goes back, the request
+        # too: it never reached the provider, and a refusal by the store counts in no
+        # limit either (else each refused retry took one of the subject's
+        # requests_per_*). Forgotten first, so that done() cannot give it back twice.
         ctx.reservation = None
         store.release(reservation)
         # Told as the prompt and the room its answer needs, its picture part of that.
@@ -696,6 +710,15 @@ def _store_refusal(
         return _refusal(denial, now), denial.limit
     prompt = ctx.estimated_prompt_tokens()
     room = _answer_room(ctx)
+    if denial.too_short:
+        # The hard cap's refusal, told as when the store admitted the request and the
+        # cap refused it after (``_apply_hard_cap``): that is how it was refused before
+        # the store weighed the prompt itself, counting it in the subject's limits.
+        budgets = list(denial.with_room)
+        capped, limit, _ = _capped_refusal(
+            _as_reservation(budgets), list(range(len(budgets))), prompt, now, room
+        )
+        return capped, limit
     refusals = denial.refusals or (denial,)
     budgets = [
         each

@@ -85,7 +85,9 @@ class FakeQuotaStore:
     def now(self) -> float:
         return time.time()
 
-    async def reserve(self, limits: list[Limit], cost: int, usd_micros: int = 0) -> Reservation:
+    async def reserve(
+        self, limits: list[Limit], cost: int, usd_micros: int = 0, room: int = 0
+    ) -> Reservation:
         self.costs.append(cost)
         reserved = [1 if limit.kind == "r" else cost for limit in limits]
         effective = [limit.limit for limit in limits]

@@ -105,9 +105,9 @@ class _SlowRoundTrip(QuotaStore):
     the first limit asked for ended: a round trip that crossed a minute's end."""
 
     async def reserve(
-        self, limits: list[Limit], cost: int, usd_micros: int = 0
+        self, limits: list[Limit], cost: int, usd_micros: int = 0, room: int = 0
     ) -> Reservation | Denial:
-        result = await super().reserve(limits, cost, usd_micros)
+        result = await super().reserve(limits, cost, usd_micros, room)
         end = min(limit.window.end for limit in limits if limit.window.end is not None)
         self._offset += end - self.now() + 0.3
         return result

@@ -11,7 +11,9 @@
 -- as before there was a held amount, so that every limit is checked against
 -- settled usage and reservations alike; the held amount tells the two apart.
 -- ARGV[1]: seconds to keep the marker; ARGV[2]: the longest a held amount is kept
--- after the last reservation added to it. Then eight values per limit: limit, cost,
+-- after the last reservation added to it; ARGV[3]: the least an enforced hard-capped
+-- token limit must have left for this request (its prompt and the least answer it
+-- takes; 0: no such least). Then eight values per limit: limit, cost,
 -- ttl seconds, enforce (1|0), kind (r|t|c), override field, reset generation field
 -- (in the overrides hash: how many times an operator reset the counter), hard cap (1|0).
 --   r (requests): admitted while used + cost <= limit; reserves cost, settled at once
@@ -35,8 +37,13 @@
 -- amount, which its settlement takes off again; held = the held amount after it), or
 -- {0, index, used, limit, held, refused, ...} naming every enforced limit that refused
 -- (refused 1), in order, each with what running requests held of its usage, and beside
--- them every enforced hard-capped token limit that did not (refused 0); nothing is
--- written then.
+-- them every enforced hard-capped token limit that did not (refused 0, or 2 when it has
+-- less left than ARGV[3]: the hard cap refuses the request, even when no limit does);
+-- nothing is written then, the request counted in no limit. Before, a hard-capped
+-- budget too short for the prompt admitted it here, counting it in the subject's
+-- request limits, and the gateway refused it and gave the count back with its next
+-- settlement batch: a request of the subject reaching the store before that batch
+-- was refused by requests_per_* for a request nobody served.
 -- Returns {-1}, writing nothing, when the call was given back before it arrived.
 -- All or nothing: Redis keeps what a script wrote before an error, so every value is
 -- read and checked before the first write. A counter INCRBY could not add to (not an
@@ -77,7 +84,7 @@ local function refusal(i, current, limit, refusing)
   refused[#refused + 1] = refusing
 end
 for i = 1, n do
-  local base = 2 + (i - 1) * 8
+  local base = 3 + (i - 1) * 8
   local counter, overrides, holding = KEYS[i * 3 - 1], KEYS[i * 3], KEYS[i * 3 + 1]
   local limit = tonumber(ARGV[base + 1])
   local set = redis.call('HMGET', overrides, ARGV[base + 6], ARGV[base + 7])
@@ -129,7 +136,12 @@ for i = 1, n do
       -- tells from it whether this prompt fits the budget at all, or this period, in
       -- this one answer. Else the client sat out the other refusal's retry-after only
       -- to be refused for its prompt's size.
-      refusal(i, current, limit, 0)
+      if limit - current < tonumber(ARGV[3]) then
+        refusal(i, current, limit, 2)
+        refusals = refusals + 1
+      else
+        refusal(i, current, limit, 0)
+      end
     end
   end
 end
@@ -146,7 +158,7 @@ local holding = {}
 -- ran, and the group's other requests were refused as held by running requests.
 local most = nil
 for i = 1, n do
-  local base = 2 + (i - 1) * 8
+  local base = 3 + (i - 1) * 8
   if ARGV[base + 4] == '1' and ARGV[base + 5] == 't' and ARGV[base + 8] == '1' then
     local left = limits[i] - used[i]
     if most == nil or left < most then
@@ -155,7 +167,7 @@ for i = 1, n do
   end
 end
 for i = 1, n do
-  local base = 2 + (i - 1) * 8
+  local base = 3 + (i - 1) * 8
   local counter = KEYS[i * 3 - 1]
   local cost = tonumber(ARGV[base + 2])
   local reserve = cost
