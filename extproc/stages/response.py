@@ -173,6 +173,10 @@ class ResponseStage:
                 # Its client reads no error in the body (raw audio): the response must
                 # not end as a whole, short one would.
                 out.reset = _client_error(ctx, translator)
+                if ctx.response_ended_at is None:
+                    # The gateway reads no more of the provider's answer: it ends here
+                    # (upstream_latency_ms), not never, as a cut one's would.
+                    ctx.response_ended_at = time.monotonic()
             return
         if not end_of_stream and not (
             ctx.stream and _ends_stream(ctx, translator, _sent(translator, out, chunk))

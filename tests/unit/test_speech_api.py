@@ -470,6 +470,22 @@ async def test_an_error_event_after_some_audio_fails_the_raw_audio_clients_respo
     assert (line["prompt_tokens"], line["completion_tokens"]) == (45, 90)
 
 
+async def test_a_raw_audio_response_failed_mid_stream_logs_the_providers_share_of_the_wait(
+    processor: Processor, services: Services
+) -> None:
+    """The provider's error event came before its body's end: the gateway fails the
+    client's response there and reads no more of the provider's. The log line still says
+    how long the provider took (an SSE client's line for the same failure does), not
+    null as for a response that never ended."""
+    stream = events(AUDIO)
+    first = stream[: stream.index(b"\n\n") + 2]
+    answers = await send_events(processor, speech(model=MINI), (first, ERROR_EVENT, b""))
+    assert client_response_reset(answers)
+    line = only_line(services)
+    assert line["outcome"] == "upstream_error"
+    assert line["upstream_latency_ms"] is not None
+
+
 async def test_audio_that_is_not_base64_fails_the_raw_audio_clients_response(
     processor: Processor, services: Services
 ) -> None:
