@@ -160,6 +160,10 @@ class Processor:
                 if out.reset is not None:
                     # The stages recorded the failure (the log line, the usage): the
                     # client's response, its status perhaps gone, fails.
+                    if phase == "response_headers":
+                        # A bodiless answer, read in its headers' phase: Envoy still holds
+                        # them, so the client gets this error's status, as the log says.
+                        ctx.response_status = out.reset.status
                     yield envoy_messages.reset_response(
                         out.reset, ctx.request_id, ctx.error_shape, out
                     )

@@ -113,6 +113,7 @@ class SpeechEventReader:
         # The raw-audio client reads no error event: a failure resets its response.
         self.failure_unreadable = decode
         self._began = False
+        self._any_bytes = False  # an empty body made no audio: charged nothing
         self._events = EventBuffer()
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
@@ -124,6 +125,7 @@ class SpeechEventReader:
                     if any(marker in event for marker in _READ_EVENTS):
                         self._read_event(event)
             return None
+        self._any_bytes = self._any_bytes or bool(chunk)
         audio = []
         for event in complete.split(EVENT_END):
             if self.failure is not None:
@@ -132,8 +134,10 @@ class SpeechEventReader:
                 audio.append(self._read_event(event))
         if end_of_stream and not self.terminal_event_read and self.failure is None:
             # Ended cleanly without its done event (a proxy ending a cut stream as if
-            # whole): charged as a cut stream, and the client's response fails.
-            self._failed(STREAM_ENDED_EARLY)
+            # whole): charged as a cut stream, and the client's response fails. An
+            # empty body (no byte of an answer) is charged nothing, as an empty success
+            # answer on a translated route is.
+            self._failed(STREAM_ENDED_EARLY, began=self._any_bytes)
         return b"".join(audio)
 
     def _read_event(self, event: bytes) -> bytes:
@@ -174,15 +178,17 @@ class SpeechEventReader:
             )
         return b""
 
-    def _failed(self, message: str) -> None:
+    def _failed(self, message: str, *, began: bool = True) -> None:
         """A stream of the provider's the gateway cannot read on: charged as one cut after
-        its audio began (what came may have been the answer)."""
+        its audio began (what came may have been the answer); nothing when nothing came
+        (``began`` False)."""
         self.failure = StreamFailure(
             ProviderStreamError(
                 message, error_type="upstream_error", code=INVALID_UPSTREAM_RESPONSE
             ),
-            completion_tokens=self._allowance,
-            audio_output_tokens=self._allowance,
+            began=began,
+            completion_tokens=self._allowance if began else None,
+            audio_output_tokens=self._allowance if began else 0,
         )
 
     def counts_so_far(self) -> StreamFailure | None:

@@ -357,3 +357,32 @@ def test_events_asked_for_keep_their_error_event(
     assert event["type"] == "error" and event["error"]["type"] == "server_error"
     [line] = gateway_log.for_request(request_id)
     assert (line["outcome"], line["prompt_tokens"]) == ("upstream_error", 0)
+
+
+def test_raw_audio_whose_events_end_before_any_byte_fails_and_is_charged_nothing(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """The provider's 200 event stream ended before any byte: it made no audio. The
+    raw-audio client's SDK raises, and neither the log line nor the quota charges the
+    audio the quota had reserved."""
+    used_before = tokens_used(stack)
+    request_id = ""
+    # Exception: Envoy sends the 502 or, once the 200 has left, resets the response (the
+    # openai client's transport's own error then).
+    with (
+        pytest.raises(Exception) as raised,
+        client_of(stack).audio.speech.with_streaming_response.create(
+            model="gpt-4o-mini-tts",
+            voice="coral",
+            input=SAID,
+            extra_headers={"x-mock-fault": "end_after=0"},
+        ) as response,
+    ):
+        request_id = response.headers["x-request-id"]
+        response.read()
+    if isinstance(raised.value, openai.APIStatusError):
+        request_id = raised.value.response.headers["x-request-id"]
+    [line] = gateway_log.for_request(request_id)
+    assert line["error_code"] == "invalid_upstream_response"
+    assert (line["prompt_tokens"], line["completion_tokens"], cost(line)) == (0, 0, 0)
+    assert tokens_used(stack) == used_before

@@ -523,6 +523,40 @@ async def test_events_ended_before_the_done_event_fail_the_raw_audio_clients_res
     assert (line["prompt_tokens"], line["completion_tokens"]) == (45, 90)
 
 
+async def test_a_bodiless_event_stream_answer_is_a_502_to_the_raw_audio_client_charged_nothing(
+    processor: Processor, services: Services
+) -> None:
+    """The provider's 200 event stream came without a body (its headers ended the answer,
+    as a proxy may send): no audio was made. The raw-audio client gets the gateway's 502
+    (Envoy holds the headers: the gateway answers them), and the log line says that 502,
+    charged nothing, as an empty success answer on a route the gateway translates is."""
+    answers = await run_stream(
+        processor,
+        [
+            request_headers(SPEECH, headers=OPENAI_KEY),
+            request_body(speech(model=MINI)),
+            response_headers(200, SSE, end_of_stream=True),
+        ],
+    )
+    status, error = failed_with(answers)
+    assert (status, error["code"]) == (502, "invalid_upstream_response")
+    line = only_line(services)
+    assert (line["http_status_code"], line["error_code"]) == (502, "invalid_upstream_response")
+    assert (line["prompt_tokens"], line["completion_tokens"], cost(line)) == (0, 0, 0)
+    assert sample(services, "aigw_requests_total", status_code="502") == 1
+
+
+async def test_an_empty_event_stream_is_charged_nothing_for_the_raw_audio_client(
+    processor: Processor, services: Services
+) -> None:
+    """The provider's 200 event stream ended before any byte: no audio was made."""
+    answers = await send_events(processor, speech(model=MINI), (b"",))
+    assert client_response_reset(answers)
+    line = only_line(services)
+    assert line["error_code"] == "invalid_upstream_response"
+    assert (line["prompt_tokens"], line["completion_tokens"], cost(line)) == (0, 0, 0)
+
+
 async def test_a_token_limit_reserves_the_audio_of_a_model_billed_by_tokens(
     quota_store: QuotaStore,
 ) -> None:
