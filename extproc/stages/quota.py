@@ -352,10 +352,14 @@ def billed_prompt_usage(ctx: RequestContext, prompt: int) -> Usage | None:
     provider's report of it would be: a transcription's audio part (from the file's
     size, ``audio_api``) as audio tokens and seconds (audio tokens at the audio input
     price, whisper-1's seconds by the minute); tts-1's characters as billable characters
-    (at its per-character price); a rerank's searches (one per 100 documents, at a price
-    per search where the model has one); None for any other request."""
+    (at its per-character price); a rerank's searches (one per 100 documents) for a model
+    priced per search, its tokens alone for one priced by them (no search is billed
+    there, and the log line names none); None for any other request."""
     route = ctx.route
     if route is not None and route.api is RouteApi.RERANK:
+        prices = ctx.runtime.prices.prices(ctx.model)
+        if prices is None or prices.search_unit is None:
+            return Usage(prompt, 0, prompt)
         return Usage(prompt, 0, prompt, search_units=estimated_search_units(ctx.body))
     if route is None or route.api is not RouteApi.OPENAI_AUDIO:
         return None

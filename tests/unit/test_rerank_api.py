@@ -20,6 +20,7 @@ from extproc.config import GatewayConfig
 from extproc.config.loader import ConfigError, parse_config
 from extproc.config.model import GatewayConfig as GatewayConfigModel
 from extproc.config.model import ModelKind
+from extproc.config.pricing_model import PricingConfig
 from extproc.processor import Processor
 from extproc.runtime import Services
 from extproc.testing import (
@@ -269,6 +270,27 @@ async def test_an_answer_reporting_nothing_is_charged_the_gateways_estimate(
     assert line["usage_reported"] is False and line["usage_estimated"] is True
     # Priced as the search it would have been billed: one query of up to 100 documents.
     assert line["search_units"] == 1 and line["cost_usd"] == 0.002
+
+
+def priced(config: GatewayConfig, **entry: Any) -> GatewayConfig:
+    """The config with rerank-v3.5 at the price ``entry``."""
+    raw = config.pricing.model_dump()
+    raw["models"]["rerank-v3.5"] = entry
+    return config.model_copy(update={"pricing": PricingConfig.model_validate(raw)})
+
+
+async def test_an_answer_of_a_model_priced_by_tokens_reporting_nothing_counts_no_searches(
+    config: GatewayConfig, services: Services
+) -> None:
+    """A Jina or vLLM reranker, priced by its tokens: an answer without usage is charged
+    the estimated tokens, and the log line claims no searches nobody bills."""
+    prices = priced(config, input_per_million=0.02, output_per_million=0)
+    reply = orjson.dumps({"id": "r-1", "results": results()})
+    await whole(processor_for(prices, services), rerank(), reply)
+    line = only_line(services)
+    assert line["usage_estimated"] is True and line["search_units"] is None
+    assert line["cost_priced"] is True
+    assert line["cost_usd"] == pytest.approx(line["prompt_tokens"] * 0.02e-6)
 
 
 # --- guards ------------------------------------------------------------------------------------
