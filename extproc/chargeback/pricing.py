@@ -17,6 +17,9 @@ The requests a provider's server tools made (Anthropic's web searches) are added
 their price per request. A tool the usage names but the table does not price is left
 out of the cost, the request is flagged ``priced=False`` the same way (its bill is
 short, and says so), and the operator is warned once per tool, not once per request.
+So is a rerank whose provider billed searches (Cohere's ``search_units``) at a model
+whose entry has no ``search_units_per_thousand``: its tokens are the gateway's estimate,
+no bill, and the searches are left out of the cost.
 
 A request is priced at the service tier its provider reports serving it at (OpenAI's
 ``service_tier``, Anthropic's ``usage.service_tier``, or ``fast`` when Anthropic's
@@ -295,7 +298,8 @@ def cost_of(usage: Usage, prices: TokenPrices | None, inference_geo: str | None 
 
     Each part is clamped to what the prompt has left, so a malformed report never bills
     more prompt tokens than the prompt has, nor any twice. A server tool without a price
-    adds nothing and makes the cost ``priced=False``: the bill is short and says so."""
+    adds nothing and makes the cost ``priced=False``: the bill is short and says so; so do
+    searches the provider billed (a rerank's) that the prices have no price for."""
     if prices is None:
         return UNPRICED
     tokens, long_context = 0, False
@@ -315,7 +319,8 @@ def cost_of(usage: Usage, prices: TokenPrices | None, inference_geo: str | None 
         max(count, 0) * prices.server_tools.get(name, 0)
         for name, count in usage.server_tool_requests.items()
     )
-    return Cost(tokens + tools, not unpriced_server_tools(usage, prices), long_context)
+    short = unpriced_server_tools(usage, prices) or unpriced_searches(usage, prices)
+    return Cost(tokens + tools, not short, long_context)
 
 
 def _token_cost(usage: Usage, prices: TokenPrices) -> int:
@@ -484,6 +489,13 @@ def unpriced_server_tools(usage: Usage, prices: TokenPrices) -> list[str]:
     ]
 
 
+def unpriced_searches(usage: Usage, prices: TokenPrices) -> bool:
+    """Whether the usage holds searches its provider billed (a rerank's) that the prices
+    have no price for: billed by the gateway's estimate of its tokens, not as the bill."""
+    searches = usage.search_units
+    return searches is not None and searches > 0 and prices.search_unit is None
+
+
 def _part(reported: int, available: int) -> int:
     """A reported count of a part of the tokens, within 0 and what is left of them."""
     return min(max(reported, 0), available)
@@ -609,6 +621,8 @@ class PriceTable:
         cost = cost_of(usage, prices, inference_geo)
         if prices is not None and not cost.priced:
             self._warn_unpriced_tools(model, unpriced_server_tools(usage, prices))
+            if unpriced_searches(usage, prices):
+                self._warn_unpriced_searches(model)
         return cost
 
     def _warn_unpriced_tier(self, model: str | None, tier: str) -> None:
@@ -660,6 +674,21 @@ class PriceTable:
             "does not price: such requests are billed without them and flagged "
             "cost_priced=false; give the model a price in pricing.models "
             "(docs/chargeback.md#image-generation)",
+            model,
+        )
+
+    def _warn_unpriced_searches(self, model: str | None) -> None:
+        """A rerank model its provider billed by searches, which its price entry does not
+        price: said once per model."""
+        key = f"searches of {model!r}"
+        if key in self._warned_tools or len(self._warned_tools) >= _MAX_WARNED_TOOLS:
+            return
+        self._warned_tools.add(key)
+        log.warning(
+            "the provider billed model %r by search units (a rerank), which its price "
+            "entry does not price: such requests are billed by the gateway's estimate of "
+            "their tokens and flagged cost_priced=false; give it search_units_per_thousand "
+            "in pricing.models (docs/providers.md#rerank)",
             model,
         )
 

@@ -293,6 +293,22 @@ async def test_an_answer_of_a_model_priced_by_tokens_reporting_nothing_counts_no
     assert line["cost_usd"] == pytest.approx(line["prompt_tokens"] * 0.02e-6)
 
 
+async def test_searches_billed_to_a_model_without_a_price_per_search_are_flagged_unpriced(
+    config: GatewayConfig, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cohere bills the searches; a price entry that cannot bill them leaves the bill
+    short, and says so (cost_priced, the rollup's unpriced_requests), not a silent $0;
+    the operator is told once which price is missing."""
+    processor = processor_for(priced(config, input_per_million=0, output_per_million=0), services)
+    await whole(processor, rerank(), cohere_answer(3), "/v2/rerank")
+    line = only_line(services)
+    assert line["search_units"] == 3
+    assert line["cost_priced"] is False
+    await whole(processor, rerank(), cohere_answer(3), "/v2/rerank")
+    warned = [r for r in caplog.records if "search_units_per_thousand" in r.getMessage()]
+    assert len(warned) == 1 and "rerank-v3.5" in warned[0].getMessage()
+
+
 # --- guards ------------------------------------------------------------------------------------
 
 
