@@ -259,6 +259,20 @@ async def test_cohere_search_units_are_logged_and_priced_per_search(
     assert line["prompt_tokens"] > 0 and line["completion_tokens"] == 0
 
 
+async def test_searches_reported_in_usage_as_openrouter_does_are_priced_per_search(
+    processor: Processor, services: Services
+) -> None:
+    """OpenRouter's rerank reports Cohere's searches beside the tokens, in ``usage``:
+    the searches are the bill, not the tokens Cohere does not charge for."""
+    usage = {"search_units": 2, "total_tokens": 150}
+    await whole(
+        processor, rerank(), orjson.dumps({"id": "r-1", "results": results(), "usage": usage})
+    )
+    line = only_line(services)
+    assert (line["search_units"], line["prompt_tokens"]) == (2, 150)
+    assert line["cost_usd"] == 0.004 and line["cost_priced"] is True
+
+
 async def test_an_answer_reporting_nothing_is_charged_the_gateways_estimate(
     processor: Processor, services: Services
 ) -> None:
