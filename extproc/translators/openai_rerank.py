@@ -1,7 +1,7 @@
 """Rerank answers, passed through from an OpenAI-compatible provider (Cohere, Jina,
 Voyage, vLLM): the answer reaches the client unchanged; the gateway reads its usage.
 
-Providers report it in three places, and the reader takes each:
+Providers report it in these places, and the reader takes each:
 
 - ``usage.total_tokens`` (Jina, Voyage, vLLM; ``usage.prompt_tokens`` where given): the
   input's tokens, billed at the model's input price; a rerank generates nothing.
@@ -12,6 +12,9 @@ Providers report it in three places, and the reader takes each:
   read with both (``meta.billed_units.input_tokens`` is no rerank count: not read).
 - ``usage.search_units`` (OpenRouter, reselling Cohere's rerank: beside
   ``usage.total_tokens``): the same searches, read where ``meta`` reports none.
+- ``meta.billed_units.total_tokens`` (a LiteLLM proxy, which answers every provider's
+  rerank in Cohere's shape: a Jina reranker's tokens there): the input's tokens, read
+  where ``usage`` reports none.
 
 An answer with neither leaves ``usage`` None: the request is charged the gateway's
 estimate (``stages.cut_answer``), ``usage_estimated``.
@@ -40,6 +43,8 @@ def usage_from_rerank(answer: Any, estimate: int) -> Usage | None:
     billed = meta.get("billed_units") if isinstance(meta, dict) else None
     if isinstance(billed, dict):
         searches = token_count(billed.get("search_units"))
+        if tokens is None:
+            tokens = token_count(billed.get("total_tokens"))
     if searches is None and isinstance(usage, dict):
         searches = token_count(usage.get("search_units"))
     if tokens is None and searches is None:

@@ -273,6 +273,20 @@ async def test_searches_reported_in_usage_as_openrouter_does_are_priced_per_sear
     assert line["cost_usd"] == 0.004 and line["cost_priced"] is True
 
 
+async def test_tokens_a_litellm_proxy_reports_in_meta_are_billed_not_estimated(
+    processor: Processor, services: Services
+) -> None:
+    """A LiteLLM proxy answers every provider's rerank in Cohere's shape, a Jina
+    reranker's tokens in ``meta.billed_units.total_tokens``: the count is the bill."""
+    meta = {"billed_units": {"total_tokens": 57}, "tokens": {}}
+    await whole(
+        processor, rerank(), orjson.dumps({"id": "r-1", "results": results(), "meta": meta})
+    )
+    line = only_line(services)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (57, 0)
+    assert line["usage_reported"] is True and line["usage_estimated"] is False
+
+
 async def test_an_answer_reporting_nothing_is_charged_the_gateways_estimate(
     processor: Processor, services: Services
 ) -> None:
