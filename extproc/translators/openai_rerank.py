@@ -37,7 +37,11 @@ def usage_from_rerank(answer: Any, estimate: int) -> Usage | None:
     tokens = None
     usage = answer.get("usage")
     if isinstance(usage, dict):
-        tokens = token_count(usage.get("prompt_tokens", usage.get("total_tokens")))
+        # A count left null (GPUStack's ``"prompt_tokens": null``) is no count: the other
+        # one is read.
+        tokens = token_count(usage.get("prompt_tokens"))
+        if tokens is None:
+            tokens = token_count(usage.get("total_tokens"))
     searches = None
     meta = answer.get("meta")
     billed = meta.get("billed_units") if isinstance(meta, dict) else None

@@ -287,6 +287,19 @@ async def test_tokens_a_litellm_proxy_reports_in_meta_are_billed_not_estimated(
     assert line["usage_reported"] is True and line["usage_estimated"] is False
 
 
+async def test_total_tokens_beside_a_null_prompt_count_are_billed_not_estimated(
+    processor: Processor, services: Services
+) -> None:
+    """A server whose usage model leaves the count it lacks null (GPUStack's rerank:
+    ``"prompt_tokens": null`` beside ``total_tokens``): the count it gave is the bill."""
+    usage = {"total_tokens": 57, "prompt_tokens": None}
+    await whole(
+        processor, rerank(), orjson.dumps({"id": "r-1", "results": results(), "usage": usage})
+    )
+    line = only_line(services)
+    assert (line["prompt_tokens"], line["usage_estimated"]) == (57, False)
+
+
 async def test_an_answer_reporting_nothing_is_charged_the_gateways_estimate(
     processor: Processor, services: Services
 ) -> None:
