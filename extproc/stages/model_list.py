@@ -56,6 +56,7 @@ _ONLY_PROVIDER = {
     RouteApi.OPENAI_IMAGES: ProviderType.OPENAI,
     RouteApi.OPENAI_AUDIO: ProviderType.OPENAI,
     RouteApi.OPENAI_MODERATIONS: ProviderType.OPENAI,
+    RouteApi.RERANK: ProviderType.OPENAI,
 }
 
 # A path may be as long as Envoy's header limit: the error echoes no more than this.

@@ -38,6 +38,7 @@ from tests.unit.test_guard_flow import WORKSHOP, Gateway, immediate, upstream_bo
 
 AUTH = {"authorization": "Bearer team1-key"}
 QUERY = "What is the capital of the United States?"
+DEFAULT_CONFIG = Path("config/gateway.yaml").read_text(encoding="utf-8")
 DOCUMENTS = [
     "Carson City is the capital city of the American state of Nevada.",
     "Washington, D.C. is the capital of the United States.",
@@ -121,6 +122,24 @@ async def test_a_rerank_goes_to_the_provider_with_its_key_under_the_clients_vers
     assert mutated.get(":path", path) == path
     # Forwarded as the client sent it: the model's name is the provider's own.
     assert not answers[1].request_body.response.HasField("body_mutation")
+
+
+async def test_a_key_held_to_the_rerank_routes_lists_no_model_of_a_provider_without_it(
+    services: Services,
+) -> None:
+    """The model list names what the caller can use: an Anthropic model has no rerank
+    API (a 400 on the rerank routes), so a key held to them is not offered it."""
+    raw = yaml.safe_load(DEFAULT_CONFIG)
+    allowed = ["rerank", "rerank-v2"]
+    raw["auth"]["api_keys"].append({"id": "rr", "key": "rr-only-key", "allowed_routes": allowed})
+    processor = processor_for(parse_config(yaml.safe_dump(raw), "t", {}), services)
+    auth = {"authorization": "Bearer rr-only-key"}
+    answers = await run_stream(
+        processor, [request_headers("/v1/models", method="GET", headers=auth)]
+    )
+    names = {model["id"] for model in orjson.loads(answers[0].immediate_response.body)["data"]}
+    assert "rerank-v3.5" in names
+    assert "claude-3-5-haiku-latest" not in names
 
 
 # --- the body checks ---------------------------------------------------------------------------
