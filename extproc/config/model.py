@@ -493,6 +493,33 @@ def route_takes_kind(api: RouteApi, kind: ModelKind | None) -> bool:
     return kind is ROUTE_MODEL_KIND.get(api)
 
 
+# The provider types each client API can reach at all (backends.check_pair refuses the
+# others for every request): a route's own provider of another type is refused at load.
+# Chat completions reach every type, translated; the APIs not listed name no provider.
+_ALL_PROVIDER_TYPES = frozenset(ProviderType)
+_OPENAI_ONLY = frozenset({ProviderType.OPENAI})
+_CLAUDE_TYPES = frozenset({ProviderType.ANTHROPIC, ProviderType.BEDROCK, ProviderType.VERTEX})
+ROUTE_PROVIDER_TYPES = {
+    RouteApi.OPENAI_CHAT: _ALL_PROVIDER_TYPES,
+    RouteApi.ANTHROPIC_MESSAGES: _CLAUDE_TYPES,
+    RouteApi.ANTHROPIC_COUNT_TOKENS: _CLAUDE_TYPES,
+    RouteApi.ANTHROPIC_VERTEX: _CLAUDE_TYPES,
+    RouteApi.OPENAI_EMBEDDINGS: frozenset(
+        {ProviderType.OPENAI, ProviderType.BEDROCK, ProviderType.VERTEX}
+    ),
+    RouteApi.BEDROCK_CONVERSE: frozenset({ProviderType.BEDROCK}),
+    RouteApi.GEMINI_GENERATE_CONTENT: frozenset({ProviderType.VERTEX}),
+    RouteApi.RERANK: _OPENAI_ONLY,
+    RouteApi.OPENAI_RESPONSES: _OPENAI_ONLY,
+    RouteApi.OPENAI_RESPONSES_COMPACT: _OPENAI_ONLY,
+    RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: _OPENAI_ONLY,
+    RouteApi.OPENAI_COMPLETIONS: _OPENAI_ONLY,
+    RouteApi.OPENAI_IMAGES: _OPENAI_ONLY,
+    RouteApi.OPENAI_AUDIO: _OPENAI_ONLY,
+    RouteApi.OPENAI_MODERATIONS: _OPENAI_ONLY,
+}
+
+
 # The client APIs whose requests are input alone (texts to embed, documents to rank):
 # billed by their prompt, nothing generated, no allowance reserved, never streamed.
 INPUT_ONLY_APIS = frozenset({RouteApi.OPENAI_EMBEDDINGS, RouteApi.RERANK})
@@ -998,6 +1025,7 @@ class GatewayConfig(_Section):
             *_jwks_wait_problems(self),
             *_host_route_problems(self),
             *_route_policy_problems(self),
+            *_route_model_problems(self),
             *_auth_route_problems(self),
             *_key_header_subject_problems(self),
             *egress_problems(self.egress, _envoy_destinations(self)),
@@ -1236,6 +1264,60 @@ def _group_problems(config: GatewayConfig) -> Iterator[str]:
                 f"{where}.members: a group's members must be of one kind ({listed}):"
                 " a request for the group would be refused or not by the member drawn"
             )
+
+
+def _route_model_problems(config: GatewayConfig) -> Iterator[str]:
+    """A route's own ``provider`` of a type its API cannot reach, and its own ``model`` of
+    a kind its API does not serve (route_takes_kind, as each request is checked): taken,
+    every request on the route was refused."""
+    by_name = {m.name: m for m in config.models}
+    kinds: dict[str, ModelKind | None] = {
+        name: m.kind for m in config.models for name in (m.name, *m.aliases)
+    }
+    for group in config.model_groups:
+        # The group's kind is its members' (one, _group_problems), as the runtime reads it.
+        members = [by_name[member.model] for member in group.members if member.model in by_name]
+        kinds[group.name] = next((m.kind for m in members if m.kind is not None), None)
+    types = {provider.name: provider.type for provider in config.providers}
+    for index, route in enumerate(config.routes):
+        article = "an" if route.api.startswith(("openai", "anthropic", "aigw")) else "a"
+        reaches = ROUTE_PROVIDER_TYPES.get(route.api, _ALL_PROVIDER_TYPES)
+        provider_type = types.get(route.provider or "")
+        if provider_type is not None and provider_type not in reaches:
+            listed = [t.value for t in ProviderType if t in reaches]
+            names = " and ".join(
+                [", ".join(listed[:-1]), listed[-1]] if len(listed) > 1 else listed
+            )
+            type_article = (
+                "an" if provider_type in (ProviderType.OPENAI, ProviderType.ANTHROPIC) else "a"
+            )
+            yield (
+                f"routes[{index}].provider: {route.provider!r} is {type_article}"
+                f" {provider_type} provider, which {article} {route.api} route cannot send"
+                f" to (it sends to {names} providers): every request on the route would be"
+                " refused"
+            )
+        if route.model not in kinds or route.api not in ROUTE_MODEL_KIND:
+            continue  # an unknown model is _reference_problems'; a model list takes none
+        kind = kinds[route.model]
+        if route_takes_kind(route.api, kind):
+            continue
+        field = f"routes[{index}].model: {route.model!r}"
+        if kind is None:
+            yield (
+                f"{field} states no kind, and {article} {route.api} route serves models of"
+                " kind moderation alone (every request on the route would be refused)"
+            )
+            continue
+        if route.api is RouteApi.OPENAI_AUDIO:
+            served = "transcription and speech models, by the path"
+        else:
+            served = f"{ROUTE_MODEL_KIND[route.api]} models"
+        kind_article = "an" if kind in (ModelKind.EMBEDDINGS, ModelKind.IMAGES) else "a"
+        yield (
+            f"{field} is {kind_article} {kind} model, which {article} {route.api} route does"
+            f" not serve (it serves {served}): every request on the route would be refused"
+        )
 
 
 def _store_wait_problems(config: GatewayConfig) -> Iterator[str]:
