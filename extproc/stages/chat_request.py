@@ -78,7 +78,31 @@ _RESPONSES_CHECKS: dict[RouteApi, Callable[[dict[str, Any], int], None]] = {
 }
 # The longest model name a request may give (path, header, query or body).
 _MAX_MODEL_NAME = 256
-_API_SEGMENTS = frozenset({"v1", "chat", "completions", "messages"})
+# The first segments of the client APIs' own paths under a prefix (an SDK based at
+# <prefix> or <prefix>/v1: /team/v1/embeddings, /team/embeddings, /team/v2/rerank,
+# /team/audio/speech, and <prefix>/generations on an Images API route at /v1/images):
+# never a model name on a model_from_path route, whatever its API.
+_API_SEGMENTS = frozenset(
+    {
+        "v1",
+        "v2",
+        "chat",
+        "completions",
+        "messages",
+        "responses",
+        "embeddings",
+        "rerank",
+        "moderations",
+        "audio",
+        "transcriptions",
+        "translations",
+        "speech",
+        "images",
+        "generations",
+        "edits",
+        "variations",
+    }
+)
 _JSON = "application/json"
 # What may_repeat_a_key_read looks for: the two keys a provider must read as the
 # gateway did, and the escape that could spell either another way.
@@ -444,7 +468,8 @@ def model_outside_body(ctx: RequestContext) -> str | None:
     prefix = route.prefix
     if route.model_from_path and prefix is not None and path.startswith(prefix + "/"):
         segment = path[len(prefix) :].strip("/").split("/", 1)[0]
-        # `/openai/v1/chat/completions` (an SDK with base_url=/openai/v1) names no model.
+        # `/openai/v1/chat/completions` (an SDK with base_url=/openai/v1) names no model,
+        # nor `/team/embeddings` (one based at /team).
         if segment and segment not in _API_SEGMENTS:
             return unquote(segment)
     if route.model_header is not None:

@@ -5,11 +5,21 @@ refused at load instead."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
+import yaml
 
+from extproc import headers
 from extproc.cli import main
 from extproc.config import ConfigError, parse_config
+from extproc.processor import Processor
+from extproc.runtime import Runtime, Services
+from extproc.stages.pipeline import default_stages
+from extproc.telemetry.metrics import GatewayMetrics
+from extproc.testing import request_body, request_headers, run_stream
+from tests.unit.conftest import MemoryLog
 
 CONFIG = """
 providers:
@@ -111,3 +121,54 @@ def test_a_route_provider_that_cannot_serve_its_api_is_refused_at_load(
     """Taken before, every request on the route was refused for its provider's type."""
     [found] = problems(route)
     assert said in found, found
+
+
+# --- model_from_path ---------------------------------------------------------------------
+
+
+def _team_routes() -> Processor:
+    """The default config with a model_from_path prefix route of each API (at /team/<api>)."""
+    raw = yaml.safe_load(Path("config/gateway.yaml").read_text(encoding="utf-8"))
+    apis = ["openai_embeddings", "rerank", "openai_moderations", "openai_audio", "openai_images"]
+    raw["routes"] = [
+        {"name": f"team-{api}", "path_prefix": f"/team/{api}", "api": api, "model_from_path": True}
+        for api in apis
+    ] + raw["routes"]
+    runtime = Runtime(parse_config(yaml.safe_dump(raw), "test", {}), _services())
+    return Processor(lambda: runtime, default_stages())
+
+
+def _services() -> Services:
+    return Services(GatewayMetrics(), MemoryLog())
+
+
+def _json(**fields: Any) -> bytes:
+    return orjson.dumps(fields)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # An SDK based at the prefix, or at <prefix>/v1: the path names the endpoint.
+        ("/team/openai_embeddings/embeddings", _json(model="text-embedding-3-small", input="hi")),
+        ("/team/rerank/rerank", _json(model="rerank-v3.5", query="q", documents=["a"])),
+        ("/team/rerank/v2/rerank", _json(model="rerank-v3.5", query="q", documents=["a"])),
+        ("/team/openai_moderations/moderations", _json(model="omni-moderation-latest", input="x")),
+        ("/team/openai_audio/audio/speech", _json(model="tts-1", input="hi", voice="alloy")),
+        ("/team/openai_images/images/generations", _json(model="gpt-image-1", prompt="a cat")),
+        ("/team/openai_images/generations", _json(model="gpt-image-1", prompt="a cat")),
+    ],
+)
+async def test_a_model_from_path_route_never_reads_its_apis_endpoint_as_the_model(
+    path: str, body: bytes
+) -> None:
+    """Before, `/team/embeddings` asked for a model named `embeddings` (and
+    `/team/v2/rerank` for one named `v2`): a 400 or 404 for a model nobody named."""
+    answers = await run_stream(
+        _team_routes(),
+        [request_headers(path, headers={"authorization": "Bearer team1-key"}), request_body(body)],
+    )
+    assert answers[1].WhichOneof("response") == "request_body", answers[1]
+    mutation = answers[1].request_body.response.header_mutation
+    set_headers = {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
+    assert set_headers[headers.CLUSTER] == "provider_mock"
