@@ -19,7 +19,8 @@ between the status and the first piece), ``interval`` (seconds between pieces),
 (the done event without ``usage``); for ``stream_format: sse``, ``error_after`` (after
 that many deltas, the ``error`` event ``STREAM_ERROR`` and the body's end),
 ``end_after`` (after that many deltas, the body's clean end, no done event) and
-``garbage`` (every delta's ``audio`` not base64).
+``garbage`` (every delta's ``audio`` not base64, the done event and its ``usage``
+after them as usual).
 """
 
 from __future__ import annotations

@@ -52,12 +52,15 @@ class AccountingStage:
             # counts. So does a provider's error inside a stream (estimated): part of it
             # was delivered. A success answer that was the provider's error is counted as
             # its error status would have been: a request that reached it, at the tokens
-            # it billed.
+            # it billed; so is a stream its provider failed before it began its answer
+            # (an empty text-to-speech event stream, an error as the first event), the
+            # streamed form of an error status, at no tokens.
             reached_provider = ctx.provider is not None and (
                 ctx.error is None
                 or ctx.usage_reported
                 or ctx.usage_estimated
                 or unusable_answer(ctx.error)
+                or (ctx.stream and stream_failure(ctx.translator) is not None)
             )
             if ctx.accounted and reached_provider and services.usage_writer is not None:
                 services.usage_writer.add(self._entry(ctx, cost, record["latency_ms"]))

@@ -173,6 +173,13 @@ class ResponseStage:
                 # Its client reads no error in the body (raw audio): the response must
                 # not end as a whole, short one would.
                 out.reset = _client_error(ctx, translator)
+                if translator.usage is not None and not ctx.usage_reported:
+                    # The provider's count, read on to its done event after the audio
+                    # broke (openai_speech): what it bills, not the estimate. Priced
+                    # now, as a whole answer is.
+                    ctx.usage = translator.usage
+                    ctx.usage_reported = True
+                    request_cost(ctx)
                 if ctx.response_ended_at is None:
                     # The gateway reads no more of the provider's answer: it ends here
                     # (upstream_latency_ms), not never, as a cut one's would.

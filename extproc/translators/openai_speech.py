@@ -21,7 +21,10 @@ The raw-audio client reads no error event: when the provider's stream fails (its
 ``error`` event, a delta whose audio is not base64, a body that ends before the done
 event), the reader records the failure and says so (``failure_unreadable``), and the
 client's response fails (Envoy resets it once its 200 has left) rather than ending as
-a whole, short audio file (``PhaseOutput.reset``).
+a whole, short audio file (``PhaseOutput.reset``). After audio that is not base64 the
+client gets no more audio, but the reader reads on to the done event, whose usage is
+what the provider bills, and records the failure only then (or at the stream's end or
+error event, charged the estimate).
 """
 
 from __future__ import annotations
@@ -114,6 +117,9 @@ class SpeechEventReader:
         self.failure_unreadable = decode
         self._began = False
         self._any_bytes = False  # an empty body made no audio: charged nothing
+        # The audio broke (a delta not base64): the client hears no more of it, and the
+        # failure waits for the done event, whose usage is what the provider bills.
+        self._broken = False
         self._events = EventBuffer()
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
@@ -132,6 +138,12 @@ class SpeechEventReader:
                 break  # nothing after the failure reaches the client
             if event.strip():
                 audio.append(self._read_event(event))
+        if self._broken and self.failure is None and (self.terminal_event_read or end_of_stream):
+            # Its usage read (the provider's count), or its end come without it (charged
+            # the estimate, as a stream cut is): now the client's response fails.
+            self._failed(NOT_BASE64)
+        if self._broken:
+            return b""
         if end_of_stream and not self.terminal_event_read and self.failure is None:
             # Ended cleanly without its done event (a proxy ending a cut stream as if
             # whole): charged as a cut stream, and the client's response fails. An
@@ -152,14 +164,16 @@ class SpeechEventReader:
         if kind == _DELTA:
             self._began = True
             audio = parsed.get("audio")
+            if self._broken:
+                return b""
             try:
                 if not isinstance(audio, str):
                     raise ValueError(audio)
                 return base64.b64decode(audio, validate=True)
             except (binascii.Error, ValueError):
                 # A hole in the audio the client could not hear of: the provider's
-                # stream is broken, and fails as one.
-                self._failed(NOT_BASE64)
+                # stream is broken, and fails as one once its usage is read.
+                self._broken = True
                 return b""
         if kind == _DONE:
             self.usage = speech_usage(parsed)
@@ -169,7 +183,9 @@ class SpeechEventReader:
             return b""
         error = parsed.get("error")
         found = error if isinstance(error, dict) else {**parsed, "type": "server_error"}
-        if self.failure is None:
+        if self._broken:
+            self._failed(NOT_BASE64)  # the first failure is the one the client is told
+        elif self.failure is None:
             self.failure = StreamFailure(
                 ProviderStreamError.from_openai(found),
                 began=self._began,

@@ -314,8 +314,9 @@ def test_raw_audio_whose_events_break_after_some_audio_fails_in_the_client(
 ) -> None:
     """The events fail after two deltas (an error event), carry audio that is not base64,
     or end cleanly before the done event, after the client's 200 left: the raw-audio
-    client's response is reset, not a short file, and the request is charged the
-    estimate."""
+    client's response is reset, not a short file. A stream cut before its done event is
+    charged the estimate; one whose audio broke, read on to its done event, the usage the
+    provider reports there."""
     request_id = ""
     got = b""
     with (
@@ -336,6 +337,16 @@ def test_raw_audio_whose_events_break_after_some_audio_fails_in_the_client(
     assert line["outcome"] == "upstream_error"
     if fault != "error_after=2":
         assert line["error_code"] == "invalid_upstream_response"
+    if fault == "garbage=1":
+        # No byte of the broken audio reached the client, and the done event came.
+        assert got == b""
+        reported = speech_usage({"input": SAID}, spoken({"voice": "coral", "input": SAID}))
+        assert line["usage_estimated"] is False
+        assert (line["prompt_tokens"], line["completion_tokens"]) == (
+            reported["input_tokens"],
+            reported["output_tokens"],
+        )
+        return
     assert line["usage_estimated"] is True
     # The characters as prompt tokens, and the audio the quota reserved: two a character.
     assert (line["prompt_tokens"], line["completion_tokens"]) == (len(SAID), 2 * len(SAID))

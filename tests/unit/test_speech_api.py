@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
 from extproc.stages.quota import estimated_usd_micros
+from extproc.store.connection import connect
+from extproc.store.embedded import EmbeddedValkey
+from extproc.store.usage import UsageStore
+from extproc.store.usage_writer import UsageWriter
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     processor_for,
@@ -486,26 +491,49 @@ async def test_a_raw_audio_response_failed_mid_stream_logs_the_providers_share_o
     assert line["upstream_latency_ms"] is not None
 
 
-async def test_audio_that_is_not_base64_fails_the_raw_audio_clients_response(
+async def test_audio_that_is_not_base64_is_charged_the_usage_its_done_event_reports(
     processor: Processor, services: Services
 ) -> None:
+    """A delta whose audio is not base64 breaks the client's audio; the provider still
+    made the whole answer, and bills what its done event reports."""
     stream = events(AUDIO)
     first = stream[: stream.index(b"\n\n") + 2]
     broken = b'data: {"type": "speech.audio.delta", "audio": "not base64!"}\n\n'
     answers = await send_events(
         processor, speech(model=MINI), (first, broken, stream[len(first) :])
     )
-    # No hole in the audio: the client's response fails where the audio broke.
+    # No hole in the audio: nothing after the broken delta reaches the client, and its
+    # response fails once the provider's done event was read.
+    assert answers[3].response_body.response.body_mutation.body == AUDIO[:700]
+    assert answers[4].WhichOneof("response") == "response_body"
+    assert answers[4].response_body.response.body_mutation.body == b""
     assert client_response_reset(answers)
-    assert len(answers) == 5
+    assert len(answers) == 6
     assert failed_with(answers)[1]["code"] == "invalid_upstream_response"
     line = only_line(services)
     assert line["error_code"] == "invalid_upstream_response"
     assert "base64" in line["error_message"]
-    # Charged as a stream cut after some audio: the estimate.
+    # The provider's count, not the estimate (45 and 90).
+    assert line["usage_estimated"] is False and line["usage_reported"] is True
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (14, 320)
+    assert line["completion_audio_tokens"] == 320
+    assert cost(line) == (14 * MINI_IN + 320 * MINI_OUT) / 10**6
+    assert sample(services, "tokens_consumed_total", token_type="completion") == 320
+    assert sample(services, "aigw_upstream_errors_total", status_code="stream_error") == 1
+
+
+async def test_audio_that_is_not_base64_in_a_stream_ended_before_its_done_event_is_estimated(
+    processor: Processor, services: Services
+) -> None:
+    stream = events(AUDIO)
+    first = stream[: stream.index(b"\n\n") + 2]
+    broken = b'data: {"type": "speech.audio.delta", "audio": "not base64!"}\n\n'
+    answers = await send_events(processor, speech(model=MINI), (first, broken, b""))
+    assert client_response_reset(answers)
+    line = only_line(services)
+    assert "base64" in line["error_message"]
     assert line["usage_estimated"] is True
     assert (line["prompt_tokens"], line["completion_tokens"]) == (45, 90)
-    assert sample(services, "aigw_upstream_errors_total", status_code="stream_error") == 1
 
 
 async def test_events_ended_before_the_done_event_fail_the_raw_audio_clients_response(
@@ -555,6 +583,27 @@ async def test_an_empty_event_stream_is_charged_nothing_for_the_raw_audio_client
     line = only_line(services)
     assert line["error_code"] == "invalid_upstream_response"
     assert (line["prompt_tokens"], line["completion_tokens"], cost(line)) == (0, 0, 0)
+
+
+async def test_an_empty_event_stream_is_a_request_in_the_usage_rollup(
+    config: GatewayConfig, valkey: EmbeddedValkey
+) -> None:
+    """The provider was reached and answered: the hourly rollup counts the request the
+    log line records, at no tokens, as it counts a chat answer's empty 200."""
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    usage = UsageStore(client, "speech:", retention_days=1)
+    writer = UsageWriter(usage, on_error=lambda: None)
+    services = Services(GatewayMetrics(), MemoryLog(), usage_writer=writer)
+    try:
+        await send_events(processor_for(config, services), speech(model=MINI), (b"",))
+        assert await writer.flush() is True
+        line = only_line(services)
+        hour = datetime.fromisoformat(line["timestamp"]).replace(minute=0, second=0)
+        rows = await usage.query(hour, hour + timedelta(hours=1), ("model",))
+    finally:
+        await client.aclose()
+    assert [(r.requests, r.prompt_tokens, r.completion_tokens) for r in rows] == [(1, 0, 0)]
 
 
 async def test_a_token_limit_reserves_the_audio_of_a_model_billed_by_tokens(
