@@ -384,10 +384,18 @@ async def test_a_streamed_message_arrives_event_by_event(agent_stack: LocalStack
     kinds = [event.WhichOneof("payload") for event in events]
     assert kinds[0] == "task" and "artifact_update" in kinds
     assert events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
-    samples = scrape(agent_stack.metrics_url)
     labels = {"agent": "echo-agent", "method": "SendStreamingMessage", "status": "ok"}
-    assert metric(samples, "aigw_a2a_messages_total", group_id="engineering", **labels) >= 1
-    assert metric(samples, "aigw_a2a_tasks_total", agent="echo-agent", state="completed") >= 1
+
+    def counted() -> bool:
+        # Counted once the gateway has seen the stream end, which may come just after
+        # the client read its last event.
+        samples = scrape(agent_stack.metrics_url)
+        return (
+            metric(samples, "aigw_a2a_messages_total", group_id="engineering", **labels) >= 1
+            and metric(samples, "aigw_a2a_tasks_total", agent="echo-agent", state="completed") >= 1
+        )
+
+    assert wait_for(counted), "the streamed message and its completed task were not counted"
 
 
 @pytest.mark.parametrize("method", ["message/send", "message/stream"])
