@@ -138,7 +138,9 @@ class QuotaStage:
         completion = 0 if counting else reserved_completion(ctx)
         costed = any(limit.kind == "c" for limit in limits)
         usd_micros = estimated_usd_micros(ctx, prompt, completion) if costed else 0
-        room = 0 if counting else _capped_room(ctx)
+        # Weighed only where an enforced hard-capped token budget will read it.
+        capped = any(limit.hard_cap and limit.kind == "t" and limit.enforce for limit in limits)
+        room = _capped_room(ctx) if capped and not counting else 0
         return self._reserve(ctx, out, limits, prompt + completion, usd_micros, room)
 
     async def _reserve(
