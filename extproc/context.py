@@ -330,6 +330,10 @@ class RequestContext:
     # The model group the client asked for by name (``model_groups``), whose member
     # ``model`` is; None for a request that named no group.
     model_group: str | None = None
+    # A failover attempt (stages.attempt) of a request that asked for its model by an
+    # alias: that alias, which the attempt's metrics and translated answer name, as the
+    # request's do (downstream, ``model`` is the alias itself). None otherwise.
+    model_alias: str | None = None
     upstream_model: str | None = None
     # Failover: the chain member (its config name) that answered; what prices the request.
     answered_model: str | None = None
@@ -476,8 +480,9 @@ class RequestContext:
     @property
     def asked_model(self) -> str | None:
         """The model the client asked for as the log line, the metrics and the rollup
-        name it: a group's name rather than its member's (``model``)."""
-        return self.model_group or self.model
+        name it: a group's name rather than its member's (``model``); in a failover
+        attempt, the alias the client asked by rather than the chain member's name."""
+        return self.model_group or self.model_alias or self.model
 
     @property
     def group_member(self) -> str | None:

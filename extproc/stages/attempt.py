@@ -10,14 +10,15 @@ embeddings, Anthropic's Messages API, Gemini's generateContent, Bedrock's Conver
 InvokeModel) with the client's headers that API's translation reads and, for the APIs
 whose path names the operation, whether it streams (each attempt rewrites the path), for
 the others the client's query (an earlier attempt's path, which Envoy replays, may have
-lost it), and the model group the client asked for, if any (what the attempt's own
-metrics name, as the request's). The stage then does what the downstream stages do for a
-request without failover: translate and sign the client's body for that provider, and
-translate the answer back to the client's API (an OpenAI stream always with its usage,
-which the downstream filter counts and hides from clients that did not ask for it;
-Claude's answers carry theirs). A Gemini or Bedrock client's body goes to a provider of
-its own API as it would without failover, under the attempt's model in the path and with
-the attempt's provider's token or signature, and its answer comes back unchanged.
+lost it), and the model group or the alias the client asked for, if any (what the
+attempt's own metrics and a translated answer name, as the request's). The stage then
+does what the downstream stages do for a request without failover: translate and sign
+the client's body for that provider, and translate the answer back to the client's API
+(an OpenAI stream always with its usage, which the downstream filter counts and hides
+from clients that did not ask for it; Claude's answers carry theirs). A Gemini or
+Bedrock client's body goes to a provider of its own API as it would without failover,
+under the attempt's model in the path and with the attempt's provider's token or
+signature, and its answer comes back unchanged.
 Logging, metrics and quotas stay downstream.
 
 The answer names the chain member that served it in headers the downstream filter
@@ -66,8 +67,8 @@ that cannot be sent this body (``serves_body``: what their provider's early chec
 translation would refuse), so an attempt's translation never refuses the client's body.
 
 An attempt whose answer Envoy retries (429, 5xx) while a later member remains counts it
-in ``aigw_upstream_errors_total`` (under the group the client asked for, else the
-chain's model): the downstream filter only ever sees the last attempt's answer. Envoy
+in ``aigw_upstream_errors_total`` (under the group or alias the client asked for, else
+the chain's model): the downstream filter only ever sees the last attempt's answer. Envoy
 decides by the status this filter hands it, the translated one: a provider's refusal of
 the gateway's credentials (401, 403 from Anthropic, Bedrock or Vertex) becomes the
 gateway's 502, an answer that cannot be translated a 502 too, so those are retried and
@@ -189,6 +190,9 @@ _RECORD = "record"
 # The key of the note naming the model group the client asked for, whose member's chain
 # the attempts serve: the name an attempt's own metrics carry, as the request's do.
 _GROUP = "group"
+# The key of the note naming the alias the client asked for the chain's model by: the
+# name an attempt's own metrics carry then, as the request's do.
+_ALIAS = "alias"
 
 log = logging.getLogger(__name__)
 
@@ -379,6 +383,9 @@ def client_request(ctx: RequestContext) -> dict[str, Any]:
     request: dict[str, Any] = {"api": route.api.value, "headers": carried}
     if ctx.model_group is not None:
         request[_GROUP] = ctx.model_group
+    elif ctx.model is not None and ctx.model != ctx.failover_model:
+        # Asked by an alias (``model``), served along its model's chain (``failover_model``).
+        request[_ALIAS] = ctx.model
     if route.api in _STREAM_IN_PATH:
         request["stream"] = ctx.stream
     else:
@@ -405,6 +412,8 @@ class AttemptRequest:
     record: str | None = None
     # The model group the client asked for (None: it named none).
     group: str | None = None
+    # The alias the client asked for the chain's model by (None: it asked by none).
+    alias: str | None = None
 
 
 def attempt_request(request: object) -> AttemptRequest:
@@ -421,12 +430,14 @@ def attempt_request(request: object) -> AttemptRequest:
     query = request.get("query", "") if isinstance(request, dict) else ""
     record = request.get(_RECORD) if isinstance(request, dict) else None
     group = request.get(_GROUP) if isinstance(request, dict) else None
+    alias = request.get(_ALIAS) if isinstance(request, dict) else None
     route = _ROUTES_BY_API.get(api) if isinstance(api, str) else None
     if (
         route is None
         or not isinstance(query, str)
         or not (record is None or (isinstance(record, str) and len(record) <= MAX_KEY_CHARS))
         or not (group is None or isinstance(group, str))
+        or not (alias is None or isinstance(alias, str))
         or not isinstance(carried, dict)
         or not all(isinstance(value, str) for value in carried.values())
         or (route.api in _STREAM_IN_PATH) is not isinstance(stream, bool)
@@ -437,7 +448,7 @@ def attempt_request(request: object) -> AttemptRequest:
         )
     in_path = stream if isinstance(stream, bool) else None
     carried_headers = {str(name): value for name, value in carried.items()}
-    return AttemptRequest(route, carried_headers, in_path, query, record, group)
+    return AttemptRequest(route, carried_headers, in_path, query, record, group, alias)
 
 
 def chain_member(chain: object, provider: str) -> tuple[str, str] | None:
@@ -606,9 +617,10 @@ class AttemptStage:
             # The client's query, whatever an earlier attempt's path (replayed) kept of it.
             ctx.path = ctx.path.partition("?")[0] + (f"?{client.query}" if client.query else "")
         ctx.model, upstream = attempt_target(ctx, chain)
-        # The group the client asked for: what this attempt's metrics name, and a
-        # translated answer (Bedrock's) names, as without failover.
+        # The group or alias the client asked for: what this attempt's metrics name, and
+        # a translated answer (Bedrock's) names, as without failover.
         ctx.model_group = client.group
+        ctx.model_alias = client.alias
         if not serves_client_api(client.route.api, upstream):
             # The gateway's chain keeps no such member (failover_plan): not its note.
             raise UpstreamError(
@@ -785,9 +797,12 @@ class AttemptStage:
         client's answer, counted there (``ctx.failover_model`` is None then)."""
         if ctx.failover_model is None or not retried(handed):
             return
-        # Under the model the request's own series name: its group, else its chain's.
+        # Under the model the request's own series name: its group or alias, else its
+        # chain's.
         ctx.runtime.services.metrics.upstream_error(
-            provider=ctx.provider or "", model=ctx.model_group or ctx.failover_model, status=label
+            provider=ctx.provider or "",
+            model=ctx.model_group or ctx.model_alias or ctx.failover_model,
+            status=label,
         )
         if ctx.provider is not None and label.isdigit() and fails_provider(int(label)):
             # A model group passes its member on this provider over for a while.

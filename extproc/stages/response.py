@@ -102,10 +102,10 @@ class ResponseStage:
                     response_headers.get(headers.ANSWERED_UPSTREAM_MODEL),
                 )
                 if ctx.answered_model and ctx.answered_model != ctx.failover_model:
-                    # Under the group the client asked for, as the request's other series
-                    # (the fallback that answered is to_model).
+                    # Under the name the client asked for (its group or alias), as the
+                    # request's other series (the fallback that answered is to_model).
                     ctx.runtime.services.metrics.failover(
-                        ctx.model_group or ctx.failover_model, ctx.answered_model
+                        ctx.asked_model or ctx.failover_model, ctx.answered_model
                     )
                 if meant is not None and meant != answered:
                     # That provider failed (Envoy moved on; a connection it could not make

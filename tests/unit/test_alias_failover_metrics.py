@@ -1,0 +1,140 @@
+"""A request that asked for a model by an alias counts under the alias in every series,
+after failover too: the attempt Envoy retried in aigw_upstream_errors_total, the failover
+in aigw_failovers_total and the request itself, as its log line and rollup name it. No
+series names the model's own name (the chain's), which the client never sent. The
+gateway's note to the attempts (x-aigw-failover-request) carries the alias, as it carries
+a model group's name (tests/unit/test_model_groups.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from prometheus_client import generate_latest
+
+from extproc import headers
+from extproc.config import parse_config
+from extproc.context import PhaseOutput
+from extproc.errors import UpstreamError
+from extproc.model_groups import Balancer
+from extproc.processor import Processor
+from extproc.runtime import Runtime, Services
+from extproc.stages.attempt import attempt_request, attempt_stages
+from extproc.stages.pipeline import default_stages
+from extproc.testing import response_body, response_headers
+from tests.unit.test_anthropic_failover import running
+from tests.unit.test_failover_cut_attempts import attempt
+from tests.unit.test_model_groups import ANSWER, CONFIG, chat, services_with
+from tests.unit.test_openai_failover import DEFAULT, admitted
+from tests.unit.test_openai_failover import attempt as failover_attempt
+from tests.unit.test_span_cache_tokens import span_attributes
+
+# gpt-east, asked for as `fast`, fails over to gpt-west.
+WITH_ALIAS = CONFIG.replace(
+    "  - {name: gpt-east, provider: east, upstream_model: gpt-4o, kind: chat}\n",
+    "  - {name: gpt-east, provider: east, upstream_model: gpt-4o, kind: chat,"
+    " aliases: [fast], fallbacks: [gpt-west]}\n",
+)
+ANSWERED_BY_WEST = {
+    headers.ANSWERED_BY_PROVIDER: "west",
+    headers.ANSWERED_BY_MODEL: "gpt-west",
+    headers.ANSWERED_UPSTREAM_MODEL: "gpt-4o",
+}
+
+
+async def failed_over(services: Services, model: str) -> list[Any]:
+    """A request for ``model`` (gpt-east or its alias) whose provider answers 503: Envoy
+    retries on gpt-west, which answers. Each attempt runs through the processor's attempt
+    stages as Envoy runs it; the downstream filter's answers are returned."""
+    runtime = Runtime(parse_config(WITH_ALIAS, "gateway.yaml", {}), services)
+    processor = Processor(lambda: runtime, default_stages(), attempt_stages())
+    answers: list[Any] = []
+
+    async def envoy() -> AsyncIterator[Any]:
+        for message in chat(model):
+            yield message
+        sent = answers[-1].request_body.response.body_mutation.body
+        await attempt(processor, "east", sent, 503, b'{"error": {"message": "overloaded"}}')
+        await attempt(processor, "west", sent, 200, ANSWER)
+        yield response_headers(200, ANSWERED_BY_WEST)
+        yield response_body(ANSWER)
+
+    async for answer in processor.process(envoy()):
+        answers.append(answer)
+    return answers
+
+
+def sample(services: Services, name: str, **labels: str) -> float:
+    return services.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_failover_asked_by_an_alias_counts_under_the_alias_as_its_request_does() -> None:
+    services = services_with(Balancer())
+    await failed_over(services, "fast")
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert (line["model"], line["provider"], line["upstream_model"]) == ("fast", "west", "gpt-4o")
+    # The attempt Envoy retried, the failover and the request: one model, the alias, so
+    # that errors / requests per model holds; the providers those that answered.
+    errors = {"model": "fast", "provider": "east", "status_code": "503"}
+    assert sample(services, "aigw_upstream_errors_total", **errors) == 1
+    assert sample(services, "aigw_failovers_total", model="fast", to_model="gpt-west") == 1
+    requests = {"route": "chat", "model": "fast", "provider": "west", "status_code": "200"}
+    assert sample(services, "aigw_requests_total", **requests) == 1
+    page = generate_latest(services.metrics.registry).decode()
+    assert 'model="gpt-east"' not in page
+    # The span names the alias too, as the log line does.
+    span = span_attributes(await failed_over(services_with(Balancer()), "fast"))
+    assert span["gen_ai.request.model"] == "fast"
+    assert "aigw.group_member" not in span
+
+
+async def test_a_failover_asked_by_the_models_name_still_counts_under_it() -> None:
+    services = services_with(Balancer())
+    await failed_over(services, "gpt-east")
+    errors = {"model": "gpt-east", "provider": "east", "status_code": "503"}
+    assert sample(services, "aigw_upstream_errors_total", **errors) == 1
+    assert sample(services, "aigw_failovers_total", model="gpt-east", to_model="gpt-west") == 1
+    page = generate_latest(services.metrics.registry).decode()
+    assert 'model="fast"' not in page
+
+
+def test_the_note_to_the_attempts_is_read_with_its_alias() -> None:
+    client = attempt_request({"api": "openai_chat", "headers": {}, "alias": "fast"})
+    assert (client.alias, client.group) == ("fast", None)
+    assert attempt_request({"api": "openai_chat", "headers": {}}).alias is None
+    # One the gateway did not write is refused, never guessed at.
+    with pytest.raises(UpstreamError) as refused:
+        attempt_request({"api": "openai_chat", "headers": {}, "alias": 7})
+    assert refused.value.code == "failover_misrouted"
+
+
+async def test_a_fallbacks_translated_answer_names_the_alias() -> None:
+    # Titan in another Bedrock account, asked for as `vectors`, falling over to Titan in
+    # the usual one: the fallback's translated answer names the alias the client asked
+    # by, as the primary's does (Bedrock names no model: providers.md).
+    raw = yaml.safe_load(DEFAULT)
+    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
+    europe = {"region": "eu-west-1", "access_key_id": "AKIDEUROPE", "secret_access_key": "eu"}
+    raw["providers"].append({**bedrock, "name": "bedrock-eu", "aws": europe})
+    titan = "amazon.titan-embed-text-v2:0"
+    raw["models"].append(
+        {"name": "titan-main", "provider": "bedrock-eu", "upstream_model": titan,
+         "kind": "embeddings", "aliases": ["vectors"], "fallbacks": [titan]}
+    )  # fmt: skip
+    cfg = parse_config(yaml.safe_dump(raw), "test", {})
+    services = services_with(Balancer())
+    _, body = await admitted(cfg, services, "/v1/embeddings", {"model": "vectors", "input": "x"})
+    async with running(cfg, services) as runtime:
+        ctx, _, stage = failover_attempt(runtime, "mock-bedrock", "/v1/embeddings", body)
+    stage.response_headers(
+        ctx, PhaseOutput(), {":status": "200", "content-type": "application/json"}
+    )
+    vectors = PhaseOutput()
+    stage.response_body(
+        ctx, vectors, orjson.dumps({"embedding": [0.5], "inputTextTokenCount": 3}), True
+    )
+    assert vectors.body is not None
+    assert orjson.loads(vectors.body)["model"] == "vectors"
