@@ -1137,6 +1137,39 @@ _KIND_API = {
 }
 
 
+def _stands_in(kind: ModelKind | None, fallback: ModelKind | None) -> bool:
+    """Whether a model of kind ``fallback`` can stand in for one of ``kind`` (chat,
+    embeddings or none: the kinds that take fallbacks): a fallback serves the API of the
+    model it stands in for. A model of no stated kind is sent by every route (the provider
+    decides): as a fallback it may stand in for either kind; as the primary its chat
+    requests fail over, so its fallbacks are chat models or of no stated kind too."""
+    if fallback is None:
+        return True
+    return fallback is (kind or ModelKind.CHAT)
+
+
+def _stand_in_problem(index: int, model: ModelConfig, name: str, kind: ModelKind) -> str:
+    """The load error for ``name``, of ``kind``, in ``model``'s fallbacks, which it
+    cannot stand in for (``_stands_in``): a request that failed over would be sent to a
+    model that does not serve its API."""
+    field = f"models[{index}].fallbacks: {name!r} is {_a(kind)} {kind} model"
+    if model.kind is None:
+        return (
+            f"{field}, and {model.name!r} states no kind: its chat requests fail over, and"
+            f" {name!r} serves no chat (state kind: {kind} on {model.name!r} if it is"
+            f" {_a(kind)} {kind} model too, or name a fallback that serves chat)"
+        )
+    return (
+        f"{field}, and {model.name!r} is {_a(model.kind)} {model.kind} model: a request that"
+        f" failed over would be sent to a model that serves no {model.kind} (a model's"
+        " fallbacks are of its kind, or state none)"
+    )
+
+
+def _a(kind: ModelKind) -> str:
+    return "an" if kind in (ModelKind.EMBEDDINGS, ModelKind.IMAGES) else "a"
+
+
 def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
     by_name = {m.name: m for m in config.models}
     chains: dict[str, str] = {}
@@ -1188,6 +1221,8 @@ def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
                         f" {_KIND_API[kind]} alone, which does not fail over: it can be no"
                         " model's fallback"
                     )
+                elif kind is not None and not _stands_in(model.kind, kind):
+                    yield _stand_in_problem(index, model, name, kind)
         if model.kind is ModelKind.IMAGES and model.fallbacks:
             # Served as written, they were never used: an operator counting on them found
             # out when the provider failed (config.image_fallbacks warns of a model
@@ -1300,9 +1335,22 @@ def _route_model_problems(config: GatewayConfig) -> Iterator[str]:
         if route.model not in kinds or route.api not in ROUTE_MODEL_KIND:
             continue  # an unknown model is _reference_problems'; a model list takes none
         kind = kinds[route.model]
+        field = f"routes[{index}].model: {route.model!r}"
+        endpoint_kind = _audio_path_kind(route)
+        if endpoint_kind is not None and kind in AUDIO_MODEL_KINDS and kind is not endpoint_kind:
+            # The audio API serves both kinds, each at its own endpoint: a route whose one
+            # path is the other endpoint's would refuse its every request (a route by
+            # path_prefix serves both endpoints, the forced model's among them).
+            yield (
+                f"{field} is {_a(kind)} {kind} model, and the route's path {route.path!r} is"
+                f" the audio API's endpoint for {endpoint_kind} models, which serves no"
+                f" {kind} model (served at {_AUDIO_KIND_ENDPOINTS[kind]}): every request on"
+                " the route would be refused; force it on a route of that path, or by"
+                " path_prefix"
+            )
+            continue
         if route_takes_kind(route.api, kind):
             continue
-        field = f"routes[{index}].model: {route.model!r}"
         if kind is None:
             yield (
                 f"{field} states no kind, and {article} {route.api} route serves models of"
@@ -1318,6 +1366,27 @@ def _route_model_problems(config: GatewayConfig) -> Iterator[str]:
             f"{field} is {kind_article} {kind} model, which {article} {route.api} route does"
             f" not serve (it serves {served}): every request on the route would be refused"
         )
+
+
+# Where the audio API serves each kind: the last segment of the path.
+_AUDIO_KIND_ENDPOINTS = {
+    ModelKind.TRANSCRIPTION: "/audio/transcriptions and /audio/translations",
+    ModelKind.SPEECH: "/audio/speech",
+}
+_AUDIO_ENDPOINT_KINDS = {
+    "transcriptions": ModelKind.TRANSCRIPTION,
+    "translations": ModelKind.TRANSCRIPTION,
+    "speech": ModelKind.SPEECH,
+}
+
+
+def _audio_path_kind(route: RouteConfig) -> ModelKind | None:
+    """The one kind of model an ``openai_audio`` route by ``path`` serves, by its endpoint
+    (the path's last segment, as each request is read: ``audio_api.endpoint_of``); None
+    for a route by ``path_prefix``, which serves both, or of another API."""
+    if route.api is not RouteApi.OPENAI_AUDIO or route.path is None:
+        return None
+    return _AUDIO_ENDPOINT_KINDS.get(route.path.rstrip("/").rsplit("/", 1)[-1])
 
 
 def _store_wait_problems(config: GatewayConfig) -> Iterator[str]:
