@@ -179,6 +179,26 @@ async def test_a_hard_capped_token_reservation_is_capped_at_what_remains_on_each
     assert isinstance(third, Denial) and third.limit.rule == "user-tokens" and third.used == 100
 
 
+async def test_a_hard_cap_too_short_for_the_prompt_leaves_nothing_counted_on_any_node(
+    store: QuotaStore, client: StoreClient
+) -> None:
+    # The user's capped hour refuses in its own node's script (60 left, the request needs
+    # 80 of it); the key's and the group's scripts, on the other nodes, had counted the
+    # request, and get it back: the key's one request of the hour is there for the next.
+    capped = tokens_per_hour("user", 100).model_copy(update={"hard_cap": True})
+    found = limits(store, requests_per_hour("api_key", 1), capped, tokens_per_hour("group", 1000))
+    [user_hour] = [limit for limit in found if limit.rule == "user-tokens"]
+    await client.set(user_hour.key(PREFIX), 40)
+
+    refused = await store.reserve(found, 500, room=80)
+    await store.flush()
+
+    assert isinstance(refused, Denial) and refused.too_short
+    counted = {limit.rule: int(await client.get(limit.key(PREFIX)) or 0) for limit in found}
+    assert counted == {"key-requests": 0, "user-tokens": 40, "group-tokens": 0}
+    assert isinstance(await store.reserve(found, 500, room=60), Reservation)
+
+
 async def test_a_budget_in_dollars_beside_a_hard_capped_token_budget_on_other_nodes(
     store: QuotaStore, client: StoreClient
 ) -> None:

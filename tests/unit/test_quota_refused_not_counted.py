@@ -18,6 +18,7 @@ from __future__ import annotations
 import pytest
 
 from extproc.config.loader import parse_config
+from extproc.management.quotas import QuotaAdmin
 from extproc.processor import Processor
 from extproc.quota import store as store_module
 from extproc.quota.store import QuotaStore
@@ -111,3 +112,84 @@ quotas:
     message, _ = await _refused(processor, 600)
     assert message.startswith("Prompt too large for the token budget of group 'engineering'")
     await _moderations_served(processor, 2)
+
+
+def _runtime(store: QuotaStore, rules: str) -> Runtime:
+    services = Services(GatewayMetrics(), MemoryLog(), quota_store=store)
+    return Runtime(parse_config(GATEWAY + rules, "gateway.yaml", {}), services)
+
+
+async def test_a_shadow_budget_too_small_for_the_prompt_refuses_nothing_and_counts_it(
+    quota_store: QuotaStore,
+) -> None:
+    """The script weighs the prompt against enforced hard-capped budgets only: a shadow
+    rule (an operator's pilot) never refuses, and counts the request as an enforced one
+    would have."""
+    runtime = _runtime(
+        quota_store,
+        """
+quotas:
+  rules:
+    - {name: key-minute, subject: api_key, requests_per_minute: 2}
+    - name: key-pilot
+      subject: api_key
+      mode: shadow
+      hard_cap: true
+      token_quota: {limit: 100, period: lifetime}
+""",
+    )
+    processor = Processor(lambda: runtime, default_stages())
+
+    # 150 + 4 prompt tokens: more than the pilot's whole budget of 100.
+    call = Call(processor, 10, "x" * 600)
+    assert await call.admitted()
+    await call.finish(_answer(14))
+    await quota_store.flush()
+    assert await _requests_counted(quota_store) == 1
+    rules = runtime.quota_rules
+    assert rules is not None
+    [pilot] = [
+        limit
+        for limit in rules.limits_for_subject("api_key", "team1", quota_store.now())
+        if limit.rule == "key-pilot"
+    ]
+    # The provider's count, settled as under an enforced rule.
+    assert int(await quota_store._client.get(pilot.key("test:"))) == 14
+
+
+async def test_the_store_weighs_the_prompt_against_an_operators_override_of_the_budget(
+    quota_store: QuotaStore,
+) -> None:
+    """The room a hard-capped budget must leave the prompt is weighed against the limit
+    in force: an operator's override (``extproc quota set``), raised or lowered."""
+    runtime = _runtime(
+        quota_store,
+        """
+quotas:
+  rules:
+    - {name: key-minute, subject: api_key, requests_per_minute: 3}
+    - name: key-cap
+      subject: api_key
+      hard_cap: true
+      token_quota: {limit: 100, period: lifetime}
+""",
+    )
+    processor = Processor(lambda: runtime, default_stages())
+    admin = QuotaAdmin(quota_store._client, "test:", quota_store)
+    rules = runtime.quota_rules
+    assert rules is not None
+    budget = admin.select_one(admin.limits(rules, "api_key", "team1"), "key-cap", "token_quota")
+
+    # 150 + 4 prompt tokens: more than the config's 100, within the override's 1,000.
+    await admin.set_limit(budget, 1000)
+    call = Call(processor, 10, "x" * 600)
+    assert await call.admitted()
+    await call.finish(_answer(14))
+
+    # 40 + 4 prompt tokens: within the config's 100, more than the override's 50 leaves.
+    await admin.set_limit(budget, 50)
+    message, headers = await _refused(processor, 160)
+    assert message.startswith("Token budget nearly used for api_key 'team1' (rule 'key-cap')")
+    assert headers["x-ratelimit-limit-tokens"] == "50"
+    assert headers["x-ratelimit-remaining-tokens"] == "36"
+    assert await _requests_counted(quota_store) == 1  # the served request alone
