@@ -211,7 +211,8 @@ class CutAttempt:
 
 def with_cut_attempts(usage: Usage, attempts: tuple[CutAttempt, ...]) -> Usage:
     """The request's token counts with its cut attempts': what the log line, the span and
-    the quota carry. The cache and tool counts are the answer's (a cut one has none)."""
+    the quota carry. The cache, tool and search counts are the answer's (a cut one has
+    none)."""
     prompt = usage.prompt_tokens + sum(each.usage.prompt_tokens for each in attempts)
     completion = usage.completion_tokens + sum(each.usage.completion_tokens for each in attempts)
     return Usage(
@@ -228,6 +229,7 @@ def with_cut_attempts(usage: Usage, attempts: tuple[CutAttempt, ...]) -> Usage:
         image_output_tokens=usage.image_output_tokens,
         image_tokens=usage.image_tokens,
         image_generation=usage.image_generation,
+        search_units=usage.search_units,
     )
 
 

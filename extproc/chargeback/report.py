@@ -5,15 +5,17 @@ exact cost and the latency p50/p95 of the requests in the group, then what expla
 the cost beyond plain tokens: the prompt-cache writes (their 1-hour part apart), each
 server tool's requests, the audio parts of the token counts (billed at the audio
 prices), the image parts of the completion and of the prompt (billed at the image
-prices) and the pictures of the Responses API's image generation tool (billed at the image
-model's prices). The same
+prices), the pictures of the Responses API's image generation tool (billed at the image
+model's prices) and the searches a rerank's provider billed instead of tokens (Cohere's
+search units, billed per search). The same
 records feed the CLI (``extproc usage report|export``) and the management API, so both
 say the same thing.
 
 JSON always carries those last counts (``server_tool_requests`` as an object by tool,
-the audio counts after it, then the image counts). CSV and the table flatten the tools
-into one ``server_tool_requests:<tool>`` column per tool the period used, after every
-other column; CSV always has the cache-write, audio and image columns, the table only
+the audio counts after it, then the image counts, then the search units). CSV and the
+table flatten the tools into one ``server_tool_requests:<tool>`` column per tool the
+period used, after every other column; CSV always has the cache-write, audio, image and
+search-unit columns, the table only
 those the period has. Each is added after the earlier columns, and the tools, whose number
 changes from month to month, stay last, so a billing import reading CSV by position
 finds every fixed column where it was.
@@ -61,6 +63,7 @@ from extproc.store.usage import (
     IMAGE,
     IMAGE_GENERATION,
     IMAGE_INPUT,
+    SEARCH,
     TOOL_MEASURE,
     UnreadableHour,
     UsageRead,
@@ -87,6 +90,9 @@ AUDIO_COUNTS = AUDIO
 # After it, as added later still: the image part of prompt_tokens, then the image
 # generation tool's counts (parts of prompt_tokens and completion_tokens).
 IMAGE_COUNTS = (*IMAGE, *IMAGE_INPUT, *IMAGE_GENERATION)
+# After the image counts, as added later still: the searches a rerank's provider billed
+# (Cohere's search units), which no token count holds.
+SEARCH_COUNTS = SEARCH
 # Summed by ``totals`` besides the latency buckets and the server tools.
 _SUMMED = (
     *COUNTS[:4],
@@ -95,6 +101,7 @@ _SUMMED = (
     *CACHE_WRITE_COUNTS,
     *AUDIO_COUNTS,
     *IMAGE_COUNTS,
+    *SEARCH_COUNTS,
 )
 
 
@@ -208,8 +215,8 @@ def _latency(row: UsageRow, quantile: float) -> float | None:
 
 def record(row: UsageRow) -> dict[str, Any]:
     """One report row: its dimensions, the columns of ``COLUMNS``, the cache writes,
-    ``server_tool_requests`` (by tool name, in name order), the audio counts and the
-    image counts."""
+    ``server_tool_requests`` (by tool name, in name order), the audio counts, the
+    image counts and the search units."""
     return {
         **row.dimensions,
         **{name: getattr(row, name) for name in COUNTS},
@@ -220,6 +227,7 @@ def record(row: UsageRow) -> dict[str, Any]:
         "server_tool_requests": dict(sorted(row.server_tool_requests.items())),
         **{name: getattr(row, name) for name in AUDIO_COUNTS},
         **{name: getattr(row, name) for name in IMAGE_COUNTS},
+        **{name: getattr(row, name) for name in SEARCH_COUNTS},
     }
 
 
@@ -251,11 +259,12 @@ def _flat(found: dict[str, Any], tools: list[str]) -> dict[str, Any]:
 
 def _extra_columns(total: UsageRow, fmt: str) -> tuple[list[str], list[str]]:
     """The count columns and the tools to show after ``COLUMNS``: in CSV every cache-write
-    audio and image column (a file a billing job imports keeps them from month to month), in
+    audio, image and search-unit column (a file a billing job imports keeps them from month
+    to month), in
     the table those the period has; in both, the tools the period used, by name."""
     counts = [
         name
-        for name in (*CACHE_WRITE_COUNTS, *AUDIO_COUNTS, *IMAGE_COUNTS)
+        for name in (*CACHE_WRITE_COUNTS, *AUDIO_COUNTS, *IMAGE_COUNTS, *SEARCH_COUNTS)
         if fmt == "csv" or getattr(total, name)
     ]
     tools = sorted(tool for tool, count in total.server_tool_requests.items() if count)

@@ -30,6 +30,7 @@ from extproc.runtime import Runtime
 from extproc.store.usage import (
     IMAGE_GENERATION,
     IMAGE_INPUT,
+    SEARCH,
     UnreadableHour,
     UsageRow,
     UsageStore,
@@ -98,7 +99,7 @@ def _row(row: UsageRow) -> pb.UsageRow:
         cached_audio_tokens=row.cached_audio_tokens,
         completion_audio_tokens=row.completion_audio_tokens,
         completion_image_tokens=row.completion_image_tokens,
-        **{name: getattr(row, name) for name in (*IMAGE_INPUT, *IMAGE_GENERATION)},
+        **{name: getattr(row, name) for name in (*IMAGE_INPUT, *IMAGE_GENERATION, *SEARCH)},
     )
     if row.cost_picousd <= _INT64_MAX:
         answer.cost_picousd = row.cost_picousd

@@ -15,10 +15,14 @@ from extproc.management.v1 import management_pb2 as pb
 from extproc.store.usage import (
     IMAGE_GENERATION,
     IMAGE_INPUT,
+    SEARCH,
     UnreadableHour,
     UsageRow,
     hour_bucket,
 )
+
+# The counts added after the image part of the completion, read by name.
+_ADDED = (*IMAGE_INPUT, *IMAGE_GENERATION, *SEARCH)
 
 
 def unreadable_from_report(report: pb.UsageReport) -> list[UnreadableHour]:
@@ -64,7 +68,7 @@ def rows_from_report(report: pb.UsageReport) -> list[UsageRow]:
                 cached_audio_tokens=found.cached_audio_tokens,
                 completion_audio_tokens=found.completion_audio_tokens,
                 completion_image_tokens=found.completion_image_tokens,
-                **{name: getattr(found, name) for name in (*IMAGE_INPUT, *IMAGE_GENERATION)},
+                **{name: getattr(found, name) for name in _ADDED},
             )
         )
     return rows

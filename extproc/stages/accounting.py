@@ -124,6 +124,8 @@ class AccountingStage:
             else None,
             picousd=cost.picousd if cost is not None else 0,
             parts=token_parts(usage),
+            # A rerank's searches, when its provider bills them: the log line's.
+            search_units=usage.search_units or 0,
         )
 
     @staticmethod
@@ -180,6 +182,8 @@ class AccountingStage:
             completion_image_tokens=ctx.usage.image_output_tokens,
             prompt_image_tokens=ctx.usage.image_tokens,
             image_generation=_image_generation(ctx.usage),
+            # A rerank's searches, when its provider bills them (the line's null: 0).
+            search_units=ctx.usage.search_units or 0,
         )
 
 

@@ -17,8 +17,9 @@ count per latency bucket (``latency_le_<ms>``, see ``extproc.chargeback.latency`
 so a tool a provider adds needs no code, and the audio parts of the token counts
 (``prompt_audio_tokens``, ``cached_audio_tokens``, ``completion_audio_tokens``) and the
 image parts (``completion_image_tokens``, ``prompt_image_tokens``), and the image generation
-tool's (``image_generation_input_tokens`` ...), which are billed at their own prices. Each is
-the log line's field of that name, summed.
+tool's (``image_generation_input_tokens`` ...), which are billed at their own prices, and
+``search_units`` (the searches a rerank's provider billed instead of tokens: Cohere's). Each
+is the log line's field of that name, summed (the line's null ``search_units`` as 0).
 Only non-zero measures are written; an hour written before a measure existed reads it
 as 0.
 """
@@ -69,7 +70,20 @@ IMAGE = ("completion_image_tokens",)
 # prompt_tokens and completion_tokens billed at the image model's prices.
 IMAGE_INPUT = ("prompt_image_tokens",)
 IMAGE_GENERATION = IMAGE_GENERATION_COUNTS
-MEASURES = (*SUMS, *BUCKET_NAMES, *CACHE_WRITES, *AUDIO, *IMAGE, *IMAGE_INPUT, *IMAGE_GENERATION)
+# After them, for the same reason: the searches a rerank's provider billed instead of its
+# tokens (Cohere's meta.billed_units.search_units), priced per search; not tokens, and
+# no part of any token count.
+SEARCH = ("search_units",)
+MEASURES = (
+    *SUMS,
+    *BUCKET_NAMES,
+    *CACHE_WRITES,
+    *AUDIO,
+    *IMAGE,
+    *IMAGE_INPUT,
+    *IMAGE_GENERATION,
+    *SEARCH,
+)
 _INDEX = {name: index for index, name in enumerate(MEASURES)}
 _LATENCY_OFFSET = len(SUMS)
 _LATENCY_END = _LATENCY_OFFSET + BUCKETS
@@ -81,6 +95,7 @@ _COMPLETION_AUDIO = _INDEX["completion_audio_tokens"]
 _COMPLETION_IMAGE = _INDEX["completion_image_tokens"]
 _PROMPT_IMAGE = _INDEX["prompt_image_tokens"]
 _IMAGE_GENERATION = _INDEX[IMAGE_GENERATION[0]]
+_SEARCH_UNITS = _INDEX["search_units"]
 # The measure of one server tool's requests is this and the tool's name: a fixed list
 # would need a release for every tool a provider adds.
 TOOL_MEASURE = "server_tool_requests:"
@@ -129,6 +144,8 @@ class UsageEntry:
     prompt_image_tokens: int = 0
     # The image generation tool's counts (``IMAGE_GENERATION``' order), None: it drew none.
     image_generation: tuple[int, ...] | None = None
+    # The searches a rerank's provider billed (Cohere's search units); 0: billed by tokens.
+    search_units: int = 0
 
 
 @dataclass(slots=True)
@@ -152,6 +169,7 @@ class UsageRow:
     image_generation_input_image_tokens: int = 0
     image_generation_output_tokens: int = 0
     image_generation_output_image_tokens: int = 0
+    search_units: int = 0
     latency_buckets: list[int] = field(default_factory=lambda: [0] * BUCKETS)
 
     @property
@@ -236,6 +254,8 @@ def add_entry(totals: UsageTotals, entry: UsageEntry) -> None:
     if entry.image_generation is not None:
         for offset, count in enumerate(entry.image_generation):
             counts[_IMAGE_GENERATION + offset] += count
+    if entry.search_units:
+        counts[_SEARCH_UNITS] += entry.search_units
 
 
 # A tab in a value is written as US (\x1f) + "t", and US itself doubled: characters

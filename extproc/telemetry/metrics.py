@@ -363,6 +363,15 @@ class GatewayMetrics:
         )
         # Exact picodollar sums behind each cost series (see count_cost).
         self._cost_picousd: dict[Any, int] = {}
+        # Not a token type: a search is no token, and no part of tokens_consumed_total,
+        # whose types add up to the tokens consumed (docs/metrics.md).
+        self.search_units = Counter(
+            "aigw_search_units",
+            "Searches a rerank's provider billed instead of tokens (Cohere's search units),"
+            " by identity, model and provider",
+            COST_LABELS,
+            registry=self.registry,
+        )
         self.guardrail_decisions = Counter(
             "aigw_guardrail_decisions",
             "Guardrail decisions, by guard, phase (request, response) and action "
@@ -487,11 +496,13 @@ class GatewayMetrics:
         usage: TokenUse | None,
         picousd: int,
         parts: Mapping[str, int] | None = None,
+        search_units: int = 0,
     ) -> None:
         """A finished request's series: ``observe_request``, then, with ``usage``,
         ``observe_token_usage`` and ``count_tokens`` (``parts`` its cache and audio
         parts), then ``count_cost`` when it cost
         anything; the same series and values as those four calls, found in one lookup.
+        Then the searches its provider billed (``search_units``), when any.
 
         Found one by one, each series cost a call and a label tuple's hash (about 3 us of
         a request's 10 us of metrics)."""
@@ -548,6 +559,9 @@ class GatewayMetrics:
             if series.cost is None:
                 series.cost = self._child(self.cost, *identity, model, provider)
             self._add_cost(series.cost, picousd)
+        if search_units:
+            # A rerank billed by searches (Cohere): rare, so no series is kept.
+            self._child(self.search_units, *identity, model, provider).inc(search_units)
 
     def count_guardrail_decision(self, guard: str, phase: str, action: str) -> None:
         self._child(self.guardrail_decisions, guard, phase, action).inc()

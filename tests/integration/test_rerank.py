@@ -6,6 +6,8 @@ Cohere's search units where it reports those (v2)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,12 @@ from extproc.devstack import LocalStack
 from extproc.mock_llm import count_tokens
 from tests.integration.conftest import (
     GatewayLog,
+    counted_page,
     default_config,
+    metric,
     mock_requests,
     running_stack,
+    scrape,
     wait_for,
     write_config,
 )
@@ -90,6 +95,65 @@ def test_a_v2_rerank_is_billed_by_coheres_search_units(
     assert line["search_units"] == 1 and line["usage_reported"] is True
     # $2.00 per 1,000 searches.
     assert line["cost_usd"] == 0.002 and line["cost_priced"] is True
+
+
+def report_rows(stack: LocalStack, *options: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """``extproc usage report`` as JSON, by route and API key (for this model only)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "extproc", "usage", "report", "--by", "route,api_key,model",
+         "--format", "json", "--config", str(stack.config_path), *options],
+        env=stack.env, capture_output=True, check=True,
+    )  # fmt: skip
+    rows = orjson.loads(result.stdout)["rows"]
+    return {(row["route"], row["api_key_id"]): row for row in rows if row["model"] == MODEL}
+
+
+def test_the_searches_of_the_log_lines_are_in_the_usage_report_and_the_metrics(
+    stack: LocalStack, http: httpx.Client, gateway_log: GatewayLog
+) -> None:
+    """Cohere's invoice counts searches: the report (from the store and through the
+    management API) and aigw_search_units_total carry the searches the log lines have,
+    summed over requests; a rerank billed by its tokens adds none."""
+    cohere, by_tokens = ("rerank-v2", "team2"), ("rerank", "team1")
+    before = report_rows(stack)
+    samples = scrape(stack.metrics_url)
+    counted_before = metric(samples, "aigw_search_units_total", model=MODEL)
+    team1_before = metric(samples, "aigw_search_units_total", api_key_id="team1", model=MODEL)
+    searched = [rerank(http, "/v2/rerank", key="team2-key") for _ in range(2)]
+    tokened = rerank(http)
+    assert all(answer.status_code == 200 for answer in (*searched, tokened))
+    lines = [gateway_log.for_request(answer.headers["x-request-id"])[0] for answer in searched]
+    searches = sum(line["search_units"] for line in lines)
+    assert searches == 2
+    [token_line] = gateway_log.for_request(tokened.headers["x-request-id"])
+    assert token_line["search_units"] is None
+
+    def grown(rows: dict[tuple[str, str], dict[str, Any]], key: tuple[str, str], by: int) -> bool:
+        return rows.get(key, {}).get("requests", 0) == before.get(key, {}).get("requests", 0) + by
+
+    def reported() -> dict[tuple[str, str], dict[str, Any]] | None:
+        rows = report_rows(stack)
+        return rows if grown(rows, cohere, 2) and grown(rows, by_tokens, 1) else None
+
+    after = wait_for(reported, 20)
+    assert after, "no rollup of the three reranks"
+
+    def added(rows: dict[tuple[str, str], dict[str, Any]], key: tuple[str, str]) -> int:
+        return int(rows[key]["search_units"]) - int(before.get(key, {}).get("search_units", 0))
+
+    assert added(after, cohere) == searches
+    assert added(after, by_tokens) == 0
+    # The same rows through the management API (`usage report --api`).
+    through_api = report_rows(stack, "--api", "--token", "dev-admin-token")
+    assert through_api[cohere]["search_units"] == after[cohere]["search_units"]
+    assert through_api[by_tokens]["search_units"] == after[by_tokens]["search_units"]
+
+    samples = counted_page(stack.metrics_url)
+    labels = {"model": MODEL, "api_key_id": "team2", "provider": "mock"}
+    assert metric(samples, "aigw_search_units_total", model=MODEL) - counted_before == searches
+    assert metric(samples, "aigw_search_units_total", **labels) >= searches
+    team1 = metric(samples, "aigw_search_units_total", api_key_id="team1", model=MODEL)
+    assert team1 == team1_before
 
 
 def test_a_bad_rerank_is_a_400_that_never_reaches_the_provider(

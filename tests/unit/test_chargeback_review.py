@@ -243,5 +243,5 @@ def test_a_period_without_usage_has_no_rows_and_zero_totals(
         "prompt_audio_tokens,cached_audio_tokens,completion_audio_tokens,"
         "completion_image_tokens,prompt_image_tokens,image_generation_input_tokens,"
         "image_generation_input_image_tokens,image_generation_output_tokens,"
-        "image_generation_output_image_tokens"
+        "image_generation_output_image_tokens,search_units"
     ]

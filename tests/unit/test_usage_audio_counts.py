@@ -25,7 +25,7 @@ import pytest
 
 from extproc.chargeback.latency import BUCKETS
 from extproc.chargeback.period import Period
-from extproc.chargeback.report import IMAGE_COUNTS, render
+from extproc.chargeback.report import IMAGE_COUNTS, SEARCH_COUNTS, render
 from extproc.management.usage import rows_from_report, usage_report
 from extproc.management.v1 import management_pb2 as pb
 from extproc.runtime import Services
@@ -298,9 +298,14 @@ async def test_json_rows_and_totals_end_with_the_audio_counts(store: UsageStore)
     document = report(await store.query(DAY.start, DAY.end, ("model",)), ("model",), "json")
     rows = {row["model"]: row for row in document["rows"]}
     for found in (*rows.values(), document["totals"]):
-        # Added after every earlier key (the image counts after them, added later): a
-        # reader of the old schema is unaffected.
-        assert list(found)[-10:] == ["server_tool_requests", *AUDIO, *IMAGE_COUNTS]
+        # Added after every earlier key (the image counts after them, then the search
+        # units, added later): a reader of the old schema is unaffected.
+        assert list(found)[-11:] == [
+            "server_tool_requests",
+            *AUDIO,
+            *IMAGE_COUNTS,
+            *SEARCH_COUNTS,
+        ]
     assert [rows["gpt-4o-mini"][name] for name in AUDIO] == [0, 0, 0]
     assert [document["totals"][name] for name in AUDIO] == [1_000, 300, 250]
 
@@ -314,8 +319,8 @@ async def test_csv_adds_the_audio_columns_after_the_fixed_ones_and_before_the_to
     assert quiet.splitlines() == [
         CSV_BEFORE
         + ",prompt_audio_tokens,cached_audio_tokens,completion_audio_tokens,"
-        + ",".join(IMAGE_COUNTS),
-        "gpt-4o-mini,1,50,10,0,60,0,0.00,,,0,0,0,0,0,0,0,0,0,0,0",
+        + ",".join((*IMAGE_COUNTS, *SEARCH_COUNTS)),
+        "gpt-4o-mini,1,50,10,0,60,0,0.00,,,0,0,0,0,0,0,0,0,0,0,0,0",
     ]
 
     await store.record(spoken(T1, 1_000, 300, 250))
@@ -327,12 +332,12 @@ async def test_csv_adds_the_audio_columns_after_the_fixed_ones_and_before_the_to
     assert lines[0] == (
         CSV_BEFORE
         + ",prompt_audio_tokens,cached_audio_tokens,completion_audio_tokens,"
-        + ",".join(IMAGE_COUNTS)
+        + ",".join((*IMAGE_COUNTS, *SEARCH_COUNTS))
         + ",server_tool_requests:web_search"
     )
-    assert lines[1].startswith("gpt-4o-mini,2,") and lines[1].endswith(",0" * 11 + ",2")
+    assert lines[1].startswith("gpt-4o-mini,2,") and lines[1].endswith(",0" * 12 + ",2")
     assert lines[2].startswith("gpt-audio,1,1200,300,300,") and lines[2].endswith(
-        ",0,0,1000,300,250,0" + ",0" * 5 + ",0"
+        ",0,0,1000,300,250,0" + ",0" * 5 + ",0" + ",0"
     )
 
 

@@ -57,6 +57,8 @@ IMAGE_COLUMNS = (
     ",image_generation_input_image_tokens,image_generation_output_tokens"
     ",image_generation_output_image_tokens"
 )
+# After them, added later still (test_search_units_ledgers).
+SEARCH_COLUMNS = ",search_units"
 
 
 @pytest.fixture
@@ -314,19 +316,21 @@ async def test_csv_keeps_its_columns_and_adds_the_counts_after_them(store: Usage
         OLD_CSV_HEADER
         + ",cache_write_tokens,cache_write_1h_tokens"
         + AUDIO_COLUMNS
-        + IMAGE_COLUMNS,
-        "gpt-4o-mini,1,10,5,0,15,0,0.00,,,0,0,0,0,0,0" + ",0" * 5,
+        + IMAGE_COLUMNS
+        + SEARCH_COLUMNS,
+        "gpt-4o-mini,1,10,5,0,15,0,0.00,,,0,0,0,0,0,0" + ",0" * 5 + ",0",
     ]
 
     await store.record(claude(T1, writes=22, writes_1h=12, web_search=3, web_fetch=2))
     lines = report(await store.query(*DAY_RANGE, ("model",)), ("model",), "csv").splitlines()
     assert lines[0] == (
         OLD_CSV_HEADER + ",cache_write_tokens,cache_write_1h_tokens" + AUDIO_COLUMNS
-        + IMAGE_COLUMNS + ",server_tool_requests:web_fetch,server_tool_requests:web_search"
+        + IMAGE_COLUMNS + SEARCH_COLUMNS
+        + ",server_tool_requests:web_fetch,server_tool_requests:web_search"
     )  # fmt: skip
-    assert lines[1].endswith(",22,12,0,0,0,0" + ",0" * 5 + ",2,3") and lines[1].startswith(
+    assert lines[1].endswith(",22,12,0,0,0,0" + ",0" * 5 + ",0" + ",2,3") and lines[1].startswith(
         "claude-sonnet-4-0,1,100,20,"
     )
-    assert lines[2].endswith(",0,0,0,0,0,0" + ",0" * 5 + ",0,0") and lines[2].startswith(
+    assert lines[2].endswith(",0,0,0,0,0,0" + ",0" * 5 + ",0" + ",0,0") and lines[2].startswith(
         "gpt-4o-mini,"
     )

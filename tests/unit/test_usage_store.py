@@ -167,6 +167,7 @@ async def test_report_renders_table_json_and_csv(store: UsageStore) -> None:
             "image_generation_input_image_tokens": 0,
             "image_generation_output_tokens": 0,
             "image_generation_output_image_tokens": 0,
+            "search_units": 0,
         }
     ]
     assert document["totals"]["cost_usd"] == "0.0000125"
@@ -178,8 +179,8 @@ async def test_report_renders_table_json_and_csv(store: UsageStore) -> None:
         "prompt_audio_tokens,cached_audio_tokens,completion_audio_tokens,"
         "completion_image_tokens,prompt_image_tokens,image_generation_input_tokens,"
         "image_generation_input_image_tokens,image_generation_output_tokens,"
-        "image_generation_output_image_tokens",
-        "openai-chat,gpt-4o,1,10,5,4,15,0,0.0000125,75.0,97.5,0,0,0,0,0,0,0,0,0,0,0",
+        "image_generation_output_image_tokens,search_units",
+        "openai-chat,gpt-4o,1,10,5,4,15,0,0.0000125,75.0,97.5,0,0,0,0,0,0,0,0,0,0,0,0",
     ]
 
 

@@ -340,7 +340,7 @@ class UnreadableHour(_message.Message):
     def __init__(self, hour: _Optional[str] = ..., key: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class UsageRow(_message.Message):
-    __slots__ = ("dimensions", "requests", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "unpriced_requests", "cost_usd", "cost_picousd", "latency_p50_ms", "latency_p95_ms", "latency_buckets", "cache_write_tokens", "cache_write_1h_tokens", "server_tool_requests", "prompt_audio_tokens", "cached_audio_tokens", "completion_audio_tokens", "completion_image_tokens", "prompt_image_tokens", "image_generation_input_tokens", "image_generation_input_image_tokens", "image_generation_output_tokens", "image_generation_output_image_tokens")
+    __slots__ = ("dimensions", "requests", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "unpriced_requests", "cost_usd", "cost_picousd", "latency_p50_ms", "latency_p95_ms", "latency_buckets", "cache_write_tokens", "cache_write_1h_tokens", "server_tool_requests", "prompt_audio_tokens", "cached_audio_tokens", "completion_audio_tokens", "completion_image_tokens", "prompt_image_tokens", "image_generation_input_tokens", "image_generation_input_image_tokens", "image_generation_output_tokens", "image_generation_output_image_tokens", "search_units")
     class DimensionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -379,6 +379,7 @@ class UsageRow(_message.Message):
     IMAGE_GENERATION_INPUT_IMAGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_GENERATION_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_GENERATION_OUTPUT_IMAGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_UNITS_FIELD_NUMBER: _ClassVar[int]
     dimensions: _containers.ScalarMap[str, str]
     requests: int
     prompt_tokens: int
@@ -403,4 +404,5 @@ class UsageRow(_message.Message):
     image_generation_input_image_tokens: int
     image_generation_output_tokens: int
     image_generation_output_image_tokens: int
-    def __init__(self, dimensions: _Optional[_Mapping[str, str]] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., unpriced_requests: _Optional[int] = ..., cost_usd: _Optional[str] = ..., cost_picousd: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_buckets: _Optional[_Iterable[int]] = ..., cache_write_tokens: _Optional[int] = ..., cache_write_1h_tokens: _Optional[int] = ..., server_tool_requests: _Optional[_Mapping[str, int]] = ..., prompt_audio_tokens: _Optional[int] = ..., cached_audio_tokens: _Optional[int] = ..., completion_audio_tokens: _Optional[int] = ..., completion_image_tokens: _Optional[int] = ..., prompt_image_tokens: _Optional[int] = ..., image_generation_input_tokens: _Optional[int] = ..., image_generation_input_image_tokens: _Optional[int] = ..., image_generation_output_tokens: _Optional[int] = ..., image_generation_output_image_tokens: _Optional[int] = ...) -> None: ...
+    search_units: int
+    def __init__(self, dimensions: _Optional[_Mapping[str, str]] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., unpriced_requests: _Optional[int] = ..., cost_usd: _Optional[str] = ..., cost_picousd: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_buckets: _Optional[_Iterable[int]] = ..., cache_write_tokens: _Optional[int] = ..., cache_write_1h_tokens: _Optional[int] = ..., server_tool_requests: _Optional[_Mapping[str, int]] = ..., prompt_audio_tokens: _Optional[int] = ..., cached_audio_tokens: _Optional[int] = ..., completion_audio_tokens: _Optional[int] = ..., completion_image_tokens: _Optional[int] = ..., prompt_image_tokens: _Optional[int] = ..., image_generation_input_tokens: _Optional[int] = ..., image_generation_input_image_tokens: _Optional[int] = ..., image_generation_output_tokens: _Optional[int] = ..., image_generation_output_image_tokens: _Optional[int] = ..., search_units: _Optional[int] = ...) -> None: ...
