@@ -384,7 +384,8 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
     # (those that reached a provider; refusals cost nothing and carry no tokens).
     from_logs: dict[Key, dict[str, Any]] = defaultdict(
         lambda: {"requests": 0, "prompt": 0, "completion": 0, "cached": 0, "cost": Decimal(0),
-                 "writes": 0, "writes_1h": 0, "tools": Counter(), "parts": Counter()}
+                 "writes": 0, "writes_1h": 0, "tools": Counter(), "parts": Counter(),
+                 "searches": 0}
     )  # fmt: skip
     for line in lines:
         reached = line["provider"] is not None and line["error_type"] is None
@@ -403,6 +404,8 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
         sums["tools"].update(used_tools(line))
         for part, field in PARTS.items():
             sums["parts"][part] += line[field]
+        # A rerank's searches (null for a request billed by tokens: every one here).
+        sums["searches"] += line["search_units"] or 0
     assert len(from_logs) >= 20
 
     # The report, once the batching writer has flushed everything.
@@ -429,6 +432,7 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
             sums["writes"], sums["writes_1h"],
         ), key  # fmt: skip
         assert row["server_tool_requests"] == dict(sums["tools"]), key
+        assert row["search_units"] == sums["searches"], key
         assert row["latency_p50_ms"] is not None and row["latency_p95_ms"] is not None
         counted = metrics.get(key, {"prompt": 0.0, "completion": 0.0, "cost": 0.0})
         assert (counted["prompt"], counted["completion"]) == (sums["prompt"], sums["completion"])
@@ -437,6 +441,7 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
         counted_parts = {part: counted.get(f"part:{part}", 0.0) for part in PARTS}
         assert counted_parts == {part: sums["parts"][part] for part in PARTS}, key
         assert exact(counted["cost"]) == sums["cost"], key
+        assert counted.get("searches", 0.0) == sums["searches"], key
         unpriced = key[3] == "claude-3-opus-latest"
         assert row["unpriced_requests"] == (row["requests"] if unpriced else 0)
     # No series counts anything the logs do not.
@@ -459,8 +464,9 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
 
 
 def metric_sums(samples: dict[Any, float]) -> dict[Key, dict[str, float]]:
-    """tokens_consumed_total, aigw_token_parts_total (as ``part:<token_type>``) and
-    aigw_cost_usd_total per identity and model."""
+    """tokens_consumed_total, aigw_token_parts_total (as ``part:<token_type>``),
+    aigw_cost_usd_total and aigw_search_units_total (as ``searches``) per identity and
+    model."""
     found: dict[Key, dict[str, float]] = defaultdict(
         lambda: {"prompt": 0.0, "completion": 0.0, "cost": 0.0}
     )
@@ -477,4 +483,7 @@ def metric_sums(samples: dict[Any, float]) -> dict[Key, dict[str, float]]:
             # One series per identity, model and provider; a model has one provider here.
             assert found[key_of(labels)]["cost"] == 0.0
             found[key_of(labels)]["cost"] = value
+        elif name == "aigw_search_units_total":
+            sums = found[key_of(labels)]
+            sums["searches"] = sums.get("searches", 0.0) + value
     return found
