@@ -145,6 +145,39 @@ def generation_field(limit: Limit) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptCost:
+    """The prompt's part of a request's estimates: its tokens, and what they may cost in
+    millionths of a dollar (the rest of each estimate is the answer's allowance)."""
+
+    tokens: int
+    usd_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Estimate:
+    """A request's estimates, as reserved: ``tokens`` of each token limit, ``usd_micros``
+    of each cost budget, ``prompt`` the prompt's part of both."""
+
+    tokens: int
+    usd_micros: int
+    prompt: PromptCost
+
+
+def capped_usd_micros(estimate: _Estimate, most: int) -> int:
+    """What a cost budget holds of a request whose hard caps leave it ``most`` tokens, as
+    the reserve script reckons it: the prompt's cost and the capped answer's share of
+    the rest. An answer's cost grows with its tokens no faster than the whole
+    allowance's did (the dearest of a failover chain's prices), so the share bounds what
+    the lowered answer can cost."""
+    cost, prompt = estimate.usd_micros, estimate.prompt
+    allowance = estimate.tokens - prompt.tokens
+    if most >= estimate.tokens or allowance <= 0 or cost <= prompt.usd_micros:
+        return cost
+    answer = max(most - prompt.tokens, 0)
+    return min(cost, prompt.usd_micros + -(-(cost - prompt.usd_micros) * answer // allowance))
+
+
+@dataclass(frozen=True, slots=True)
 class _ReserveCall:
     """One check-and-reserve script call: a subject's keys and arguments, and its limits."""
 
@@ -378,16 +411,26 @@ class QuotaStore:
                 upkeep.answered()
 
     async def reserve(
-        self, limits: list[Limit], token_cost: int, usd_micros: int = 0, room: int = 0
+        self,
+        limits: list[Limit],
+        token_cost: int,
+        usd_micros: int = 0,
+        room: int = 0,
+        prompt: PromptCost | None = None,
     ) -> Reservation | Denial:
         """Check and reserve ``limits``: one request each, ``token_cost`` of each token
         limit, ``usd_micros`` (its estimated cost) of each cost budget. ``room``: the
         least an enforced hard-capped token budget must have left for the request (its
         prompt and least answer); one with less refuses it (``Denial.too_short``), in the
-        same script that would count it, so a refused request counts in no limit."""
-        groups, calls = self._reserve_calls(limits, token_cost, usd_micros, room)
+        same script that would count it, so a refused request counts in no limit.
+        ``prompt``: the part of both estimates that is the prompt's; a hard cap that
+        leaves the answer less than its allowance lowers the cost budgets' reservation
+        to the prompt's cost and the capped answer's share of the rest (None: never
+        lowered)."""
+        groups, calls = self._reserve_calls(limits, token_cost, usd_micros, room, prompt)
         results = await self._round_trip(calls)
-        return self._outcome(limits, groups, calls, results)
+        estimate = _Estimate(token_cost, usd_micros, prompt) if prompt is not None else None
+        return self._outcome(limits, groups, calls, results, estimate)
 
     async def reserve_unless_claimed(
         self, limits: list[Limit], token_cost: int, claims: list[RecordClaim]
@@ -424,7 +467,12 @@ class QuotaStore:
         return (found if failed is None else failed), outcome
 
     def _reserve_calls(
-        self, limits: list[Limit], token_cost: int, usd_micros: int = 0, room: int = 0
+        self,
+        limits: list[Limit],
+        token_cost: int,
+        usd_micros: int = 0,
+        room: int = 0,
+        prompt: PromptCost | None = None,
     ) -> tuple[list[list[tuple[int, Limit]]], list[_ReserveCall]]:
         # The cost comes from the client's body (its max_tokens): one past what the Lua
         # scripts count exactly (2^53 - 1, every limit's bound) reached a shadow rule's
@@ -435,12 +483,17 @@ class QuotaStore:
         token_cost = min(token_cost, MAX_LIMIT)
         usd_micros = min(usd_micros, MAX_LIMIT)
         room = min(room, MAX_LIMIT)
+        # The whole estimate as the prompt's: nothing to lower.
+        prompt = prompt or PromptCost(token_cost, usd_micros)
+        prompt = PromptCost(min(prompt.tokens, token_cost), min(prompt.usd_micros, usd_micros))
         # A single server checks every subject in one script (atomic, no rollback);
         # a cluster needs one script per subject, since each lives in its own slot.
         groups = _by_subject(limits) if self._cluster else [list(enumerate(limits))]
         call_id = f"{self._call_tag}{next(self._call_numbers):x}"
         calls = [
-            self._reserve_call([limit for _, limit in group], token_cost, call_id, usd_micros, room)
+            self._reserve_call(
+                [limit for _, limit in group], token_cost, call_id, usd_micros, room, prompt
+            )
             for group in groups
         ]
         return groups, calls
@@ -457,6 +510,7 @@ class QuotaStore:
         groups: list[list[tuple[int, Limit]]],
         calls: list[_ReserveCall],
         results: list[Any],
+        estimate: _Estimate | None = None,
     ) -> Reservation | Denial:
         reserved = [0] * len(limits)
         used = [0] * len(limits)
@@ -552,7 +606,7 @@ class QuotaStore:
         if len(groups) > 1:
             # Off the request path, as a settlement: the budgets held meanwhile are
             # over-held for the few milliseconds until the batch lands.
-            self._queue_changes(_held_within_cap(reservation))
+            self._queue_changes(_held_within_cap(reservation, estimate))
         return reservation
 
     async def _send_reservations(self, calls: list[_ReserveCall]) -> list[Any]:
@@ -596,7 +650,9 @@ class QuotaStore:
         call_id: str,
         usd_micros: int = 0,
         room: int = 0,
+        prompt: PromptCost | None = None,
     ) -> _ReserveCall:
+        prompt = prompt or PromptCost(token_cost, usd_micros)
         now = self.now()
         # The marker shares the subject's hash tag: on a cluster, the slot of its counters.
         marker = f"{self._prefix}qr:{limits[0].subject_tag}:{call_id}"
@@ -617,6 +673,8 @@ class QuotaStore:
                 CALL_MEMORY_S,
                 HELD_MEMORY_S,
                 room,
+                prompt.tokens,
+                prompt.usd_micros,
                 *(
                     value
                     for limit in limits
@@ -1153,7 +1211,7 @@ def _as_error(result: Any) -> Exception:
     return ReplyLostError("the reservation was given back before it reached the store")
 
 
-def _held_within_cap(reservation: Reservation) -> list[_Change]:
+def _held_within_cap(reservation: Reservation, estimate: _Estimate | None) -> list[_Change]:
     """On a cluster, hold of every token budget no more than the request's hard caps let
     it use, as the reserve script does for the budgets of one call; what each holds past
     that, to give back (the reservation is lowered to match, so that its settlement
@@ -1162,7 +1220,9 @@ def _held_within_cap(reservation: Reservation) -> list[_Change]:
     Each subject's script runs on its own node and sees only its subject's caps: a
     request capped to the 1,000 tokens left of its user's hard-capped day held its whole
     estimate (32,000 for Claude Code) of its group's monthly quota while it ran, and the
-    group's other requests were refused as held by running requests."""
+    group's other requests were refused as held by running requests. So are its cost
+    budgets, to the prompt's cost and the capped answer's share (``capped_usd_micros``),
+    when the request told its ``estimate``'s parts."""
     lefts = [
         reservation.effective[i] - (reservation.used[i] - reservation.reserved[i])
         for i, limit in enumerate(reservation.limits)
@@ -1173,8 +1233,13 @@ def _held_within_cap(reservation: Reservation) -> list[_Change]:
     most = max(min(lefts), 0)
     changes: list[_Change] = []
     for i, limit in enumerate(reservation.limits):
-        excess = reservation.reserved[i] - most
-        if limit.kind != "t" or excess <= 0:
+        if limit.kind == "t":
+            excess = reservation.reserved[i] - most
+        elif limit.kind == "c" and estimate is not None:
+            excess = reservation.reserved[i] - capped_usd_micros(estimate, most)
+        else:
+            continue
+        if excess <= 0:
             continue
         reservation.reserved[i] -= excess
         reservation.used[i] -= excess

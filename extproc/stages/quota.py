@@ -56,7 +56,7 @@ from extproc.quota.estimate import (
     completion_allowance,
 )
 from extproc.quota.rules import Limit, tightest
-from extproc.quota.store import Denial, QuotaStore, Reservation, refusal_wait
+from extproc.quota.store import Denial, PromptCost, QuotaStore, Reservation, refusal_wait
 from extproc.quota.thinking_budget import (
     MIN_THINKING_BUDGET,
     cap_thinking,
@@ -141,7 +141,14 @@ class QuotaStage:
         # Weighed only where an enforced hard-capped token budget will read it.
         capped = any(limit.hard_cap and limit.kind == "t" and limit.enforce for limit in limits)
         room = _capped_room(ctx) if capped and not counting else 0
-        return self._reserve(ctx, out, limits, prompt + completion, usd_micros, room)
+        # A cap that lowers the answer lowers what its cost budgets hold: the store needs
+        # the prompt's part of the estimates for that.
+        share = (
+            PromptCost(prompt, estimated_usd_micros(ctx, prompt, 0))
+            if capped and costed and completion
+            else None
+        )
+        return self._reserve(ctx, out, limits, prompt + completion, usd_micros, room, share)
 
     async def _reserve(
         self,
@@ -151,6 +158,7 @@ class QuotaStage:
         cost: int,
         usd_micros: int,
         room: int,
+        share: PromptCost | None,
     ) -> None:
         services = ctx.runtime.services
         store = services.quota_store
@@ -159,7 +167,7 @@ class QuotaStage:
         try:
             # asyncio.timeout, not wait_for: no extra task on the request path.
             async with asyncio.timeout(timeout):
-                result = await store.reserve(limits, cost, usd_micros, room)
+                result = await store.reserve(limits, cost, usd_micros, room, share)
                 if _settling_frees(ctx, store, result, cost):
                     # Refused for what running requests hold, all of which this process's
                     # own settlements, still in their batch, take off: typically the
@@ -170,7 +178,7 @@ class QuotaStage:
                     if isinstance(result, Reservation):
                         store.release(result)  # the hard cap refuses it: in the same batch
                     await store.land_settlements()
-                    result = await store.reserve(limits, cost, usd_micros, room)
+                    result = await store.reserve(limits, cost, usd_micros, room, share)
         except Exception as exc:
             services.metrics.store_error("quota_reserve")
             # A shadow rule never blocks: only enforced rules can fail the request closed.

@@ -35,7 +35,7 @@ from extproc.config.loader import parse_config
 from extproc.config.model import RouteApi
 from extproc.processor import Processor
 from extproc.quota.rules import Limit
-from extproc.quota.store import Reservation
+from extproc.quota.store import PromptCost, Reservation
 from extproc.runtime import Runtime, Services
 from extproc.stages.pipeline import default_stages
 from extproc.store.response_owners import ResponseOwner
@@ -86,7 +86,12 @@ class FakeQuotaStore:
         return time.time()
 
     async def reserve(
-        self, limits: list[Limit], cost: int, usd_micros: int = 0, room: int = 0
+        self,
+        limits: list[Limit],
+        cost: int,
+        usd_micros: int = 0,
+        room: int = 0,
+        prompt: PromptCost | None = None,
     ) -> Reservation:
         self.costs.append(cost)
         reserved = [1 if limit.kind == "r" else cost for limit in limits]

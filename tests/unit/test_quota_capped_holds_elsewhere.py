@@ -21,6 +21,7 @@ from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
 from extproc.stages.pipeline import default_stages
+from extproc.stages.quota import usd_micros
 from extproc.telemetry.metrics import GatewayMetrics
 from tests.unit.conftest import MemoryLog
 from tests.unit.test_quota_held import Call, _answer
@@ -109,3 +110,68 @@ async def test_on_a_cluster_a_capped_request_holds_of_other_subjects_only_what_i
         f"test:q:{{api_key:team1}}:shadow-month:t:{month}",
     ):
         assert int(await quota_store._client.get(counter)) == 700
+
+
+# A dollar budget for the group beside Alice's hard-capped day.
+BUDGETED = GATEWAY + (
+    """
+quotas:
+  rules:
+    - {name: alice-day, subject: user, tokens_per_day: 1000, hard_cap: true}
+    - name: team-budget
+      subject: group
+      cost_quota: {limit_usd: 5, period: calendar_month}
+"""
+)
+# claude-3-5-haiku-latest in the default price table, picodollars per token.
+INPUT, OUTPUT = 800_000, 4_000_000
+
+
+def _budgeted(store: QuotaStore) -> Processor:
+    services = Services(GatewayMetrics(), MemoryLog(), quota_store=store)
+    runtime = Runtime(parse_config(BUDGETED, "gateway.yaml", {}), services)
+    return Processor(lambda: runtime, default_stages())
+
+
+async def _budget_held(store: QuotaStore) -> int:
+    """What running requests hold of the group's dollar budget, in millionths."""
+    key = f"test:q:{{group:engineering}}:team-budget:c:cm:{datetime.now(UTC):%Y-%m}@UTC:held"
+    return int(await store._client.get(key) or 0)
+
+
+async def _capped_request_holds_its_capped_cost(store: QuotaStore) -> None:
+    call = Call(_budgeted(store))  # 6 prompt tokens (estimated) and max_tokens 32,000
+    assert await call.admitted()
+    await store.flush()  # on a cluster the excess goes back with the next batch
+    # The answer is capped to the 994 tokens Alice's day leaves after the prompt: it can
+    # cost no more than those and the prompt. Before: the whole allowance's cost,
+    # usd_micros(6 * INPUT + 32_000 * OUTPUT) = 128,005, about $0.13 where it may use
+    # $0.004, held while the request ran.
+    assert await _budget_held(store) == usd_micros(6 * INPUT + 994 * OUTPUT) == 3_981
+    await call.finish(_answer(700))
+    await store.flush()
+    assert await _budget_held(store) == 0
+    counter = f"test:q:{{group:engineering}}:team-budget:c:cm:{datetime.now(UTC):%Y-%m}@UTC"
+    assert int(await store._client.get(counter)) == usd_micros(6 * INPUT + 694 * OUTPUT)
+
+
+async def test_a_capped_request_holds_of_a_dollar_budget_only_what_its_capped_answer_may_cost(
+    quota_store: QuotaStore,
+) -> None:
+    await _capped_request_holds_its_capped_cost(quota_store)
+
+
+async def test_on_a_cluster_a_capped_request_holds_of_a_dollar_budget_what_it_may_cost(
+    quota_store: QuotaStore,
+) -> None:
+    """The group's budget lives on another node than Alice's day: its script reserves the
+    whole estimate, and the excess goes back as soon as both answered."""
+    quota_store._cluster = True  # one script per subject, as on a cluster's nodes
+    await _capped_request_holds_its_capped_cost(quota_store)
+
+
+async def test_an_uncapped_request_holds_its_whole_estimated_cost(quota_store: QuotaStore) -> None:
+    call = Call(_budgeted(quota_store), 500)  # 506 tokens: the day's cap leaves room
+    assert await call.admitted()
+    assert await _budget_held(quota_store) == usd_micros(6 * INPUT + 500 * OUTPUT)
+    await call.finish(_answer(300))

@@ -19,7 +19,7 @@ from extproc.config.loader import parse_config
 from extproc.headers import METADATA_NAMESPACE, RATE_LIMIT_HEADERS, metadata_key
 from extproc.processor import Processor
 from extproc.quota.rules import Limit
-from extproc.quota.store import Denial, QuotaStore, Reservation
+from extproc.quota.store import Denial, PromptCost, QuotaStore, Reservation
 from extproc.quota.windows import WindowKind, window_for
 from extproc.runtime import Runtime, Services
 from extproc.stages.pipeline import default_stages
@@ -105,9 +105,14 @@ class _SlowRoundTrip(QuotaStore):
     the first limit asked for ended: a round trip that crossed a minute's end."""
 
     async def reserve(
-        self, limits: list[Limit], cost: int, usd_micros: int = 0, room: int = 0
+        self,
+        limits: list[Limit],
+        cost: int,
+        usd_micros: int = 0,
+        room: int = 0,
+        prompt: PromptCost | None = None,
     ) -> Reservation | Denial:
-        result = await super().reserve(limits, cost, usd_micros, room)
+        result = await super().reserve(limits, cost, usd_micros, room, prompt)
         end = min(limit.window.end for limit in limits if limit.window.end is not None)
         self._offset += end - self.now() + 0.3
         return result

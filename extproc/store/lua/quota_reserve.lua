@@ -13,7 +13,9 @@
 -- ARGV[1]: seconds to keep the marker; ARGV[2]: the longest a held amount is kept
 -- after the last reservation added to it; ARGV[3]: the least an enforced hard-capped
 -- token limit must have left for this request (its prompt and the least answer it
--- takes; 0: no such least). Then eight values per limit: limit, cost,
+-- takes; 0: no such least); ARGV[4], ARGV[5]: the prompt's part of the token estimate
+-- and of the cost estimate (millionths of a dollar); the rest of each is the answer's
+-- allowance. Then eight values per limit: limit, cost,
 -- ttl seconds, enforce (1|0), kind (r|t|c), override field, reset generation field
 -- (in the overrides hash: how many times an operator reset the counter), hard cap (1|0).
 --   r (requests): admitted while used + cost <= limit; reserves cost, settled at once
@@ -25,7 +27,11 @@
 --                 request can use, and every token limit of the call reserves no more
 --                 than the least that its enforced hard-capped limits have left.
 --   c (cost):     as t, in millionths of a dollar, never hard-capped (a cap lowers an
---                 answer's tokens; the request's token limits do that).
+--                 answer's tokens; the request's token limits do that). A request a
+--                 hard cap lowers reserves at most its prompt's cost and the capped
+--                 answer's share of the rest (the cost of an answer grows with its
+--                 tokens at most as fast as the whole allowance's did, so that share
+--                 bounds what the lowered answer can cost).
 -- A token limit without a hard cap reserved min(cost, what remains) too, and so held
 -- less than the request crossing the budget would use: an earlier request's
 -- settlement under its estimate then freed room that was not there, and the next
@@ -84,7 +90,7 @@ local function refusal(i, current, limit, refusing)
   refused[#refused + 1] = refusing
 end
 for i = 1, n do
-  local base = 3 + (i - 1) * 8
+  local base = 5 + (i - 1) * 8
   local counter, overrides, holding = KEYS[i * 3 - 1], KEYS[i * 3], KEYS[i * 3 + 1]
   local limit = tonumber(ARGV[base + 1])
   local set = redis.call('HMGET', overrides, ARGV[base + 6], ARGV[base + 7])
@@ -156,23 +162,43 @@ local holding = {}
 -- estimate on the others, a capped request (Claude Code's max_tokens of 32,000 under a
 -- user's daily cap with 1,000 left) held 32,000 of its group's monthly quota while it
 -- ran, and the group's other requests were refused as held by running requests.
-local most = nil
+local most, asked = nil, nil
 for i = 1, n do
-  local base = 3 + (i - 1) * 8
+  local base = 5 + (i - 1) * 8
   if ARGV[base + 4] == '1' and ARGV[base + 5] == 't' and ARGV[base + 8] == '1' then
     local left = limits[i] - used[i]
     if most == nil or left < most then
       most = left
     end
+    asked = tonumber(ARGV[base + 2])
   end
 end
+-- What a cost budget reserves of ``cost`` (the request's whole estimate) when the cap
+-- leaves the answer less than its allowance. Reserving the whole estimate, a capped
+-- request (max_tokens 32,000 under a day with 1,000 tokens left) held 32,000 tokens'
+-- worth of its group's dollar budget while it ran, and the group's other requests were
+-- refused as held by running requests.
+local function capped_cost(cost)
+  if most == nil or most >= asked then
+    return cost
+  end
+  local prompt, prompt_cost = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local allowance = asked - prompt
+  if allowance <= 0 or cost <= prompt_cost then
+    return cost
+  end
+  local answer = math.max(most - prompt, 0)
+  return math.min(cost, prompt_cost + math.ceil((cost - prompt_cost) * answer / allowance))
+end
 for i = 1, n do
-  local base = 3 + (i - 1) * 8
+  local base = 5 + (i - 1) * 8
   local counter = KEYS[i * 3 - 1]
   local cost = tonumber(ARGV[base + 2])
   local reserve = cost
   if ARGV[base + 5] == 't' and most ~= nil and most < cost then
     reserve = math.max(most, 0)
+  elseif ARGV[base + 5] == 'c' then
+    reserve = capped_cost(cost)
   end
   local after = redis.call('INCRBY', counter, reserve)
   if redis.call('TTL', counter) < 0 then
