@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
@@ -1065,9 +1065,13 @@ def _reference_problems(config: GatewayConfig) -> Iterator[str]:
     """Names that must resolve (providers, models, fallbacks, routes' models) and what
     each provider type requires."""
     providers = [p.name for p in config.providers]
-    yield from _duplicates("providers", providers)
-    yield from _duplicates("models", [name for m in config.models for name in (m.name, *m.aliases)])
-    yield from _duplicates("routes", [r.name for r in config.routes])
+    yield from _duplicates(
+        (f"providers[{index}].name", name) for index, name in enumerate(providers)
+    )
+    yield from _duplicates(_model_names(config.models))
+    yield from _duplicates(
+        (f"routes[{index}].name", route.name) for index, route in enumerate(config.routes)
+    )
     known = set(providers)
     for index, provider in enumerate(config.providers):
         yield from _provider_problems(index, provider)
@@ -1500,12 +1504,23 @@ def _key_header_subject_problems(config: GatewayConfig) -> Iterator[str]:
             )
 
 
-def _duplicates(section: str, names: list[str]) -> Iterator[str]:
+def _duplicates(named: Iterable[tuple[str, str]]) -> Iterator[str]:
+    """One problem per name given again, by the field (``named``: each field's path and
+    the name it gives) that gives it again."""
     seen: set[str] = set()
-    for index, name in enumerate(names):
+    for field, name in named:
         if name in seen:
-            yield f"{section}[{index}].name: duplicate name {name!r}"
+            yield f"{field}: duplicate name {name!r}"
         seen.add(name)
+
+
+def _model_names(models: Iterable[ModelConfig]) -> Iterator[tuple[str, str]]:
+    """Each model's name and aliases with the field that gives it: one namespace, by the
+    model's own index (not a count over every name and alias, which named another model)."""
+    for index, model in enumerate(models):
+        yield f"models[{index}].name", model.name
+        for alias_index, alias in enumerate(model.aliases):
+            yield f"models[{index}].aliases[{alias_index}]", alias
 
 
 CLUSTER_NAME = re.compile(r"[^a-z0-9_]")
