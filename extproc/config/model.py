@@ -709,6 +709,19 @@ class RouteConfig(_Section):
                 "a gemini_generate_content route needs a path_prefix (clients call "
                 "<prefix>/<model>:generateContent, e.g. /v1beta/models)"
             )
+        if (
+            self.api is RouteApi.OPENAI_AUDIO
+            and self.path is not None
+            and _audio_endpoint(self.path) not in _AUDIO_ENDPOINT_KINDS
+        ):
+            # Each request's endpoint is its path's last segment: on a route by this one
+            # path there is none, and every request would be a 404.
+            raise ValueError(
+                f"an openai_audio route by path serves the audio endpoint its path ends"
+                f" in (transcriptions, translations or speech), and {self.path!r} ends in"
+                " none: every request on it would be a 404; end it in one"
+                " (/v1/audio/transcriptions), or serve all three by path_prefix (/v1/audio)"
+            )
         if self.api is RouteApi.BEDROCK_CONVERSE and self.path_prefix is None:
             # Converse names its model and operation in the path, under the prefix.
             raise ValueError(
@@ -1390,7 +1403,13 @@ def _audio_path_kind(route: RouteConfig) -> ModelKind | None:
     for a route by ``path_prefix``, which serves both, or of another API."""
     if route.api is not RouteApi.OPENAI_AUDIO or route.path is None:
         return None
-    return _AUDIO_ENDPOINT_KINDS.get(route.path.rstrip("/").rsplit("/", 1)[-1])
+    return _AUDIO_ENDPOINT_KINDS.get(_audio_endpoint(route.path))
+
+
+def _audio_endpoint(path: str) -> str:
+    """The audio endpoint a request at ``path`` asks for: its last segment, a trailing
+    slash aside (``audio_api.endpoint_of``, which reads each request's path)."""
+    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _store_wait_problems(config: GatewayConfig) -> Iterator[str]:
