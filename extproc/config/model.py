@@ -1189,6 +1189,8 @@ def _a(kind: ModelKind) -> str:
 
 def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
     by_name = {m.name: m for m in config.models}
+    alias_of = {alias: m.name for m in config.models for alias in m.aliases}
+    group_names = {group.name for group in config.model_groups}
     chains: dict[str, str] = {}
     for index, model in enumerate(config.models):
         if model.fallbacks:
@@ -1201,7 +1203,16 @@ def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
                 )
         unknown = [name for name in model.fallbacks if name not in by_name]
         for name in unknown:
-            yield f"models[{index}].fallbacks: unknown model {name!r}"
+            # A name the config knows otherwise is told as what it is, not as unknown.
+            if name in alias_of:
+                yield (
+                    f"models[{index}].fallbacks: {name!r} is an alias; name its model"
+                    f" {alias_of[name]!r}"
+                )
+            elif name in group_names:
+                yield f"models[{index}].fallbacks: {name!r} is a model group; a fallback is a model"
+            else:
+                yield f"models[{index}].fallbacks: unknown model {name!r}"
         if unknown:
             continue
         chain = [model.provider, *(by_name[name].provider for name in model.fallbacks)]
