@@ -332,10 +332,11 @@ class RequestContext:
     # The model group the client asked for by name (``model_groups``), whose member
     # ``model`` is; None for a request that named no group.
     model_group: str | None = None
-    # A failover attempt (stages.attempt) of a request that asked for its model by an
-    # alias: that alias, which the attempt's metrics and translated answer name, as the
-    # request's do (downstream, ``model`` is the alias itself). None otherwise.
-    model_alias: str | None = None
+    # A failover attempt (stages.attempt) of a request that named no group: the name the
+    # client asked for the chain's model by (an alias, or the model's own name), which the
+    # attempt's metrics and translated answer name, as the request's do (downstream,
+    # ``model`` is that name itself; in the attempt, the chain member's). None otherwise.
+    model_asked: str | None = None
     upstream_model: str | None = None
     # Failover: the chain member (its config name) that answered; what prices the request.
     answered_model: str | None = None
@@ -483,8 +484,8 @@ class RequestContext:
     def asked_model(self) -> str | None:
         """The model the client asked for as the log line, the metrics and the rollup
         name it: a group's name rather than its member's (``model``); in a failover
-        attempt, the alias the client asked by rather than the chain member's name."""
-        return self.model_group or self.model_alias or self.model
+        attempt, the name the client asked by rather than the chain member's."""
+        return self.model_group or self.model_asked or self.model
 
     @property
     def group_member(self) -> str | None:

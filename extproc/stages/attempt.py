@@ -190,9 +190,12 @@ _RECORD = "record"
 # The key of the note naming the model group the client asked for, whose member's chain
 # the attempts serve: the name an attempt's own metrics carry, as the request's do.
 _GROUP = "group"
-# The key of the note naming the alias the client asked for the chain's model by: the
-# name an attempt's own metrics carry then, as the request's do.
-_ALIAS = "alias"
+# The key of the note naming the name the client asked for the chain's model by, where it
+# named no group and the chain's first member is not it (an alias; the primary's own
+# name for a chain pinned to a fallback): what an attempt's own metrics carry and its
+# translated answer names (Bedrock names no model), as the request's do. Without it, the
+# name asked is the chain's first member's (``chain_model``), never the attempt's own.
+_ASKED = "asked"
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +264,9 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
         # Only that member holds what the request builds on (stages.response_owner).
         name, up = members[pinned + 1]
         chain = [[up.provider.name, name, up.upstream_model]]
-        return FailoverPlan(pinned_cluster_name(primary, pinned), chain, client_request(ctx))
+        return FailoverPlan(
+            pinned_cluster_name(primary, pinned), chain, client_request(ctx, first=name)
+        )
     skipped = [
         position
         for position, (name, upstream) in enumerate(members[1:])
@@ -284,7 +289,9 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
         # the chain's route without it (envoy_failover.skippable_members). It stays in
         # the chain the attempts read, which names the chain's model by its primary.
         skipped = [PRIMARY, *skipped]
-    return FailoverPlan(failover_cluster_name(primary, skipped), chain, client_request(ctx))
+    return FailoverPlan(
+        failover_cluster_name(primary, skipped), chain, client_request(ctx, first=primary)
+    )
 
 
 def recorded(ctx: RequestContext, plan: FailoverPlan) -> FailoverPlan:
@@ -369,7 +376,7 @@ def serves_body(ctx: RequestContext, name: str, fallback: Upstream) -> bool:
     return True
 
 
-def client_request(ctx: RequestContext) -> dict[str, Any]:
+def client_request(ctx: RequestContext, first: str) -> dict[str, Any]:
     """What the attempts need to know of the client's request besides its body: its API,
     the client's own headers its translation reads (``_CLIENT_HEADERS``), for the APIs whose
     path names the operation whether it streams, for the others the client's query."""
@@ -383,9 +390,10 @@ def client_request(ctx: RequestContext) -> dict[str, Any]:
     request: dict[str, Any] = {"api": route.api.value, "headers": carried}
     if ctx.model_group is not None:
         request[_GROUP] = ctx.model_group
-    elif ctx.model is not None and ctx.model != ctx.failover_model:
-        # Asked by an alias (``model``), served along its model's chain (``failover_model``).
-        request[_ALIAS] = ctx.model
+    elif ctx.model is not None and ctx.model != first:
+        # An alias, or the primary's own name for a chain pinned to a fallback: the name
+        # the chain's first member (``first``, which the attempts read) is not.
+        request[_ASKED] = ctx.model
     if route.api in _STREAM_IN_PATH:
         request["stream"] = ctx.stream
     else:
@@ -412,8 +420,9 @@ class AttemptRequest:
     record: str | None = None
     # The model group the client asked for (None: it named none).
     group: str | None = None
-    # The alias the client asked for the chain's model by (None: it asked by none).
-    alias: str | None = None
+    # The name the client asked for the chain's model by, where the chain's first member
+    # is not it (None: it named a group, or asked by that member's name).
+    asked: str | None = None
 
 
 def attempt_request(request: object) -> AttemptRequest:
@@ -430,14 +439,14 @@ def attempt_request(request: object) -> AttemptRequest:
     query = request.get("query", "") if isinstance(request, dict) else ""
     record = request.get(_RECORD) if isinstance(request, dict) else None
     group = request.get(_GROUP) if isinstance(request, dict) else None
-    alias = request.get(_ALIAS) if isinstance(request, dict) else None
+    asked = request.get(_ASKED) if isinstance(request, dict) else None
     route = _ROUTES_BY_API.get(api) if isinstance(api, str) else None
     if (
         route is None
         or not isinstance(query, str)
         or not (record is None or (isinstance(record, str) and len(record) <= MAX_KEY_CHARS))
         or not (group is None or isinstance(group, str))
-        or not (alias is None or isinstance(alias, str))
+        or not (asked is None or isinstance(asked, str))
         or not isinstance(carried, dict)
         or not all(isinstance(value, str) for value in carried.values())
         or (route.api in _STREAM_IN_PATH) is not isinstance(stream, bool)
@@ -448,7 +457,7 @@ def attempt_request(request: object) -> AttemptRequest:
         )
     in_path = stream if isinstance(stream, bool) else None
     carried_headers = {str(name): value for name, value in carried.items()}
-    return AttemptRequest(route, carried_headers, in_path, query, record, group, alias)
+    return AttemptRequest(route, carried_headers, in_path, query, record, group, asked)
 
 
 def chain_member(chain: object, provider: str) -> tuple[str, str] | None:
@@ -506,8 +515,15 @@ def retried_to(chain: object, provider: str) -> str | None:
     providers = [member[0] if isinstance(member, list) and member else None for member in chain]
     if provider not in providers or providers.index(provider) == len(chain) - 1:
         return None
-    primary = chain[0][1] if isinstance(chain[0], list) and len(chain[0]) > 1 else None
-    return primary if isinstance(primary, str) else None
+    return chain_model(chain)
+
+
+def chain_model(chain: object) -> str | None:
+    """The name of the chain's first member (its primary, or the one member it was pinned
+    to); None for a chain the gateway did not write."""
+    first = chain[0] if isinstance(chain, list) and chain else None
+    name = first[1] if isinstance(first, list) and len(first) > 1 else None
+    return name if isinstance(name, str) else None
 
 
 def first_member(chain: object, provider: str) -> bool:
@@ -617,10 +633,10 @@ class AttemptStage:
             # The client's query, whatever an earlier attempt's path (replayed) kept of it.
             ctx.path = ctx.path.partition("?")[0] + (f"?{client.query}" if client.query else "")
         ctx.model, upstream = attempt_target(ctx, chain)
-        # The group or alias the client asked for: what this attempt's metrics name, and
-        # a translated answer (Bedrock's) names, as without failover.
+        # The group or the name the client asked for: what this attempt's metrics name,
+        # and a translated answer (Bedrock's) names, as without failover.
         ctx.model_group = client.group
-        ctx.model_alias = client.alias
+        ctx.model_asked = client.asked or chain_model(chain)
         if not serves_client_api(client.route.api, upstream):
             # The gateway's chain keeps no such member (failover_plan): not its note.
             raise UpstreamError(
@@ -801,7 +817,7 @@ class AttemptStage:
         # chain's.
         ctx.runtime.services.metrics.upstream_error(
             provider=ctx.provider or "",
-            model=ctx.model_group or ctx.model_alias or ctx.failover_model,
+            model=ctx.model_group or ctx.model_asked or ctx.failover_model,
             status=label,
         )
         if ctx.provider is not None and label.isdigit() and fails_provider(int(label)):

@@ -102,12 +102,12 @@ async def test_a_failover_asked_by_the_models_name_still_counts_under_it() -> No
 
 
 def test_the_note_to_the_attempts_is_read_with_its_alias() -> None:
-    client = attempt_request({"api": "openai_chat", "headers": {}, "alias": "fast"})
-    assert (client.alias, client.group) == ("fast", None)
-    assert attempt_request({"api": "openai_chat", "headers": {}}).alias is None
+    client = attempt_request({"api": "openai_chat", "headers": {}, "asked": "fast"})
+    assert (client.asked, client.group) == ("fast", None)
+    assert attempt_request({"api": "openai_chat", "headers": {}}).asked is None
     # One the gateway did not write is refused, never guessed at.
     with pytest.raises(UpstreamError) as refused:
-        attempt_request({"api": "openai_chat", "headers": {}, "alias": 7})
+        attempt_request({"api": "openai_chat", "headers": {}, "asked": 7})
     assert refused.value.code == "failover_misrouted"
 
 
