@@ -225,12 +225,16 @@ async def test_a_flush_cut_by_its_timeout_while_others_land_is_replayed_once(
 ) -> None:
     found = budget(store)
     others = budget(store, BOB)
+    usual = quota_store_module.SETTLE_TIMEOUT_S
     monkeypatch.setattr(quota_store_module, "SETTLE_TIMEOUT_S", 0.2)
     # The batch runs on the store, its answer never comes in time: spooled, though
     # its settlements are already counted.
     await settled(store, found, 10)
     await settled(store, others, 7)
     cut, _ = await held_flush(store, holding)
+    # That batch's wait is set; the next ones wait as long as ever (at 0.2 s, a batch
+    # that merely came late on a busy machine was spooled too).
+    monkeypatch.setattr(quota_store_module, "SETTLE_TIMEOUT_S", usual)
     # Meanwhile the subjects' next batches land, and later ones delete their markers.
     await settled(store, found, 20)
     await next_batch(store)
