@@ -77,7 +77,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 async def quota_store(store: Store) -> AsyncIterator[QuotaStore]:
-    client = connect(store.url, 0.5)
+    client = connect(store.url, 5.0)
     quotas = QuotaStore(client, "outage-log:")
     yield quotas
     await client.aclose()
@@ -139,12 +139,12 @@ async def test_requests_that_meet_an_outage_are_said_once_each_way_and_its_end_o
 async def test_usage_flushes_and_spool_replays_in_an_outage_are_said_once(
     tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = connect(store.url, 0.5)
+    client = connect(store.url, 5.0)
     usage = UsageStore(client, "outage-log:", retention_days=1)
     writer = UsageWriter(
         usage,
         on_error=lambda: None,
-        timeout_s=0.5,
+        timeout_s=5.0,
         spool=Spool(tmp_path / "spool", "usage"),
     )
     caplog.set_level(logging.INFO)
