@@ -67,6 +67,8 @@ SPAN_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     # models), each billed at its own image price.
     ("aigw.usage.image_input_tokens", "prompt_image_tokens"),
     ("aigw.usage.image_output_tokens", "completion_image_tokens"),
+    # The searches a rerank was billed by (Cohere's search units), priced apart.
+    ("aigw.usage.search_units", "search_units"),
     ("aigw.route", "route"),
     ("aigw.provider", "provider"),
     ("aigw.api_key_id", "api_key_id"),
@@ -269,6 +271,7 @@ def usage_metadata(usage: Usage) -> dict[str, str | float]:
         ("completion_audio_tokens", usage.audio_output_tokens),
         ("prompt_image_tokens", usage.image_tokens),
         ("completion_image_tokens", usage.image_output_tokens),
+        ("search_units", usage.search_units or 0),
     ):
         if count:
             counts[name] = count

@@ -34,6 +34,7 @@ from extproc.testing import (
 )
 from tests.unit.guard_helpers import config_with
 from tests.unit.sse_play import only_line
+from tests.unit.test_audio_token_log import span_metadata
 from tests.unit.test_guard_flow import WORKSHOP, Gateway, immediate, upstream_body
 
 AUTH = {"authorization": "Bearer team1-key"}
@@ -276,6 +277,18 @@ async def test_cohere_search_units_are_logged_and_priced_per_search(
     assert line["cost_usd"] == 0.002 and line["cost_priced"] is True
     # Cohere counts no tokens: the token counts are the gateway's estimate of the input.
     assert line["prompt_tokens"] > 0 and line["completion_tokens"] == 0
+
+
+async def test_the_span_carries_the_searches_a_rerank_was_billed_by(
+    processor: Processor,
+) -> None:
+    """The request's span (Envoy's tags from the gateway's metadata): the searches beside
+    the counts, as the log line has them; a rerank billed by tokens carries none."""
+    searched = span_metadata(await whole(processor, rerank(), cohere_answer(3), "/v2/rerank"))
+    assert searched["search_units"] == 3
+    assert searched["operation"] == "rerank"
+    by_tokens = span_metadata(await whole(processor, rerank(), token_answer(40)))
+    assert "search_units" not in by_tokens and by_tokens["prompt_tokens"] == 40
 
 
 async def test_searches_reported_in_usage_as_openrouter_does_are_priced_per_search(
