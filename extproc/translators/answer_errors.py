@@ -37,9 +37,9 @@ _NO_MESSAGE = "the provider answered 200 with an error and no result"
 # log line's code. Anything else a proxy sends cannot grow the log line.
 _GOOGLE_STATUS = re.compile(r"[A-Z][A-Z_]{0,63}")
 # Where each API's answer holds its result (chat and completions, embeddings, Responses,
-# Anthropic's messages, Gemini): a body with one of them filled is an answer, billed as
-# one, whatever error it also names.
-_RESULTS = ("choices", "data", "output", "content", "candidates")
+# Anthropic's messages, Gemini, rerank): a body with one of them filled is an answer,
+# billed as one, whatever error it also names.
+_RESULTS = ("choices", "data", "output", "content", "candidates", "results")
 
 
 class ProviderAnswerError(ProviderStreamError):

@@ -332,6 +332,23 @@ async def test_total_tokens_beside_a_null_prompt_count_are_billed_not_estimated(
     assert (line["prompt_tokens"], line["usage_estimated"]) == (57, False)
 
 
+async def test_ranked_results_beside_an_error_field_are_an_answer_and_billed(
+    processor: Processor, services: Services
+) -> None:
+    """A 200 whose body holds the ranking is an answer whatever ``error`` it also names
+    (as a chat answer's choices are): the client got its results, so it is billed, at the
+    estimate when the answer reports nothing. Before, it was taken for the provider's
+    error and charged nothing."""
+    warning = {"message": "2 documents were truncated", "type": "warning"}
+    await whole(
+        processor, rerank(), orjson.dumps({"id": "r-1", "results": results(), "error": warning})
+    )
+    line = only_line(services)
+    assert line["error_type"] is None
+    assert line["usage_estimated"] is True and line["prompt_tokens"] > 0
+    assert line["cost_usd"] > 0
+
+
 async def test_an_answer_reporting_nothing_is_charged_the_gateways_estimate(
     processor: Processor, services: Services
 ) -> None:
