@@ -7,7 +7,6 @@ a model group's name (tests/unit/test_model_groups.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -15,19 +14,15 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from extproc import headers
 from extproc.config import parse_config
 from extproc.context import PhaseOutput
 from extproc.errors import UpstreamError
 from extproc.model_groups import Balancer
-from extproc.processor import Processor
-from extproc.runtime import Runtime, Services
-from extproc.stages.attempt import attempt_request, attempt_stages
-from extproc.stages.pipeline import default_stages
-from extproc.testing import response_body, response_headers
+from extproc.runtime import Services
+from extproc.stages.attempt import attempt_request
 from tests.unit.test_anthropic_failover import running
-from tests.unit.test_failover_cut_attempts import attempt
-from tests.unit.test_model_groups import ANSWER, CONFIG, chat, services_with
+from tests.unit.test_model_groups import CONFIG, sample, services_with
+from tests.unit.test_model_groups import failed_over as failed_over_in
 from tests.unit.test_openai_failover import DEFAULT, admitted
 from tests.unit.test_openai_failover import attempt as failover_attempt
 from tests.unit.test_span_cache_tokens import span_attributes
@@ -38,37 +33,12 @@ WITH_ALIAS = CONFIG.replace(
     "  - {name: gpt-east, provider: east, upstream_model: gpt-4o, kind: chat,"
     " aliases: [fast], fallbacks: [gpt-west]}\n",
 )
-ANSWERED_BY_WEST = {
-    headers.ANSWERED_BY_PROVIDER: "west",
-    headers.ANSWERED_BY_MODEL: "gpt-west",
-    headers.ANSWERED_UPSTREAM_MODEL: "gpt-4o",
-}
 
 
 async def failed_over(services: Services, model: str) -> list[Any]:
     """A request for ``model`` (gpt-east or its alias) whose provider answers 503: Envoy
-    retries on gpt-west, which answers. Each attempt runs through the processor's attempt
-    stages as Envoy runs it; the downstream filter's answers are returned."""
-    runtime = Runtime(parse_config(WITH_ALIAS, "gateway.yaml", {}), services)
-    processor = Processor(lambda: runtime, default_stages(), attempt_stages())
-    answers: list[Any] = []
-
-    async def envoy() -> AsyncIterator[Any]:
-        for message in chat(model):
-            yield message
-        sent = answers[-1].request_body.response.body_mutation.body
-        await attempt(processor, "east", sent, 503, b'{"error": {"message": "overloaded"}}')
-        await attempt(processor, "west", sent, 200, ANSWER)
-        yield response_headers(200, ANSWERED_BY_WEST)
-        yield response_body(ANSWER)
-
-    async for answer in processor.process(envoy()):
-        answers.append(answer)
-    return answers
-
-
-def sample(services: Services, name: str, **labels: str) -> float:
-    return services.metrics.registry.get_sample_value(name, labels) or 0.0
+    retries on gpt-west, which answers."""
+    return await failed_over_in(services, model, WITH_ALIAS)
 
 
 async def test_a_failover_asked_by_an_alias_counts_under_the_alias_as_its_request_does() -> None:

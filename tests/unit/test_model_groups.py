@@ -601,16 +601,19 @@ ANSWERED_BY_WEST = {
 }
 
 
-async def failed_over(services: Services) -> list[Any]:
-    """A request for the group drawn to gpt-east, whose provider answers 503: Envoy
-    retries on gpt-west (gpt-east's fallback), which answers. The downstream filter's
-    answers; each attempt runs through the processor's attempt stages as Envoy runs it."""
-    runtime = Runtime(parse_config(WITH_FALLBACK, "gateway.yaml", {}), services)
+async def failed_over(
+    services: Services, model: str = "gpt-4o", config: str = WITH_FALLBACK
+) -> list[Any]:
+    """A request for ``model`` (by default the group, drawn to gpt-east) whose provider
+    answers 503: Envoy retries on gpt-west (gpt-east's fallback), which answers. The
+    downstream filter's answers; each attempt runs through the processor's attempt stages
+    as Envoy runs it."""
+    runtime = Runtime(parse_config(config, "gateway.yaml", {}), services)
     processor = Processor(lambda: runtime, default_stages(), attempt_stages())
     answers: list[Any] = []
 
     async def envoy() -> AsyncIterator[Any]:
-        for message in chat("gpt-4o"):
+        for message in chat(model):
             yield message
         sent = answers[-1].request_body.response.body_mutation.body
         await attempt(processor, "east", sent, 503, b'{"error": {"message": "overloaded"}}')
