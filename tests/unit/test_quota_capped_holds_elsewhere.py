@@ -16,6 +16,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+
 from extproc.config.loader import parse_config
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
@@ -23,8 +27,9 @@ from extproc.runtime import Runtime, Services
 from extproc.stages.pipeline import default_stages
 from extproc.stages.quota import usd_micros
 from extproc.telemetry.metrics import GatewayMetrics
+from extproc.testing import response_body, response_headers
 from tests.unit.conftest import MemoryLog
-from tests.unit.test_quota_held import Call, _answer
+from tests.unit.test_quota_held import CLAUDE, Call, _answer
 
 GATEWAY = Path("config/gateway.yaml").read_text(encoding="utf-8")
 GATEWAY = GATEWAY.replace("\nstore:\n", "\nstore:\n  timeout_ms: 4000\n", 1)
@@ -127,9 +132,9 @@ quotas:
 INPUT, OUTPUT = 800_000, 4_000_000
 
 
-def _budgeted(store: QuotaStore) -> Processor:
+def _budgeted(store: QuotaStore, config: str = BUDGETED) -> Processor:
     services = Services(GatewayMetrics(), MemoryLog(), quota_store=store)
-    runtime = Runtime(parse_config(BUDGETED, "gateway.yaml", {}), services)
+    runtime = Runtime(parse_config(config, "gateway.yaml", {}), services)
     return Processor(lambda: runtime, default_stages())
 
 
@@ -175,3 +180,45 @@ async def test_an_uncapped_request_holds_its_whole_estimated_cost(quota_store: Q
     assert await call.admitted()
     assert await _budget_held(quota_store) == usd_micros(6 * INPUT + 500 * OUTPUT)
     await call.finish(_answer(300))
+
+
+def _long_prompt_answer(prompt_tokens: int, answer_tokens: int) -> list[ext.ProcessingRequest]:
+    """Claude's answer to a prompt far longer than its estimate."""
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": CLAUDE,
+        "content": [{"type": "text", "text": "done"}],
+        "stop_reason": "max_tokens",
+        "usage": {"input_tokens": prompt_tokens, "output_tokens": answer_tokens},
+    }
+    return [response_headers(200), response_body(orjson.dumps(message))]
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["one server", "cluster"])
+async def test_a_capped_request_costing_more_than_it_holds_counts_its_whole_cost(
+    quota_store: QuotaStore, cluster: bool
+) -> None:
+    """The hold bounds the capped answer, not a prompt the estimate read short: the
+    budget still counts what the request cost, and nothing stays held."""
+    quota_store._cluster = cluster
+    call = Call(_budgeted(quota_store))
+    assert await call.admitted()
+    await quota_store.flush()
+    assert await _budget_held(quota_store) == 3_981
+    await call.finish(_long_prompt_answer(50_000, 994))
+    await quota_store.flush()
+    assert await _budget_held(quota_store) == 0
+    counter = f"test:q:{{group:engineering}}:team-budget:c:cm:{datetime.now(UTC):%Y-%m}@UTC"
+    assert int(await quota_store._client.get(counter)) == usd_micros(50_000 * INPUT + 994 * OUTPUT)
+
+
+async def test_a_shadow_hard_cap_lowers_no_dollar_hold(quota_store: QuotaStore) -> None:
+    """A shadow cap lowers no answer, so the request may cost its whole allowance."""
+    shadow = BUDGETED.replace("hard_cap: true}", "hard_cap: true, mode: shadow}")
+    assert shadow != BUDGETED
+    call = Call(_budgeted(quota_store, shadow))
+    assert await call.admitted()
+    assert await _budget_held(quota_store) == usd_micros(6 * INPUT + 32_000 * OUTPUT)
+    await call.finish(_answer(700))
