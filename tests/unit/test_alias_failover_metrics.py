@@ -9,22 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pytest
-import yaml
 from prometheus_client import generate_latest
 
-from extproc.config import parse_config
-from extproc.context import PhaseOutput
 from extproc.errors import UpstreamError
 from extproc.model_groups import Balancer
 from extproc.runtime import Services
 from extproc.stages.attempt import attempt_request
-from tests.unit.test_anthropic_failover import running
-from tests.unit.test_model_groups import CONFIG, sample, services_with
+from tests.unit.test_model_groups import (
+    CONFIG,
+    sample,
+    services_with,
+    translated_fallback_answer_model,
+)
 from tests.unit.test_model_groups import failed_over as failed_over_in
-from tests.unit.test_openai_failover import DEFAULT, admitted
-from tests.unit.test_openai_failover import attempt as failover_attempt
 from tests.unit.test_span_cache_tokens import span_attributes
 
 # gpt-east, asked for as `fast`, fails over to gpt-west.
@@ -82,29 +80,6 @@ def test_the_note_to_the_attempts_is_read_with_its_alias() -> None:
 
 
 async def test_a_fallbacks_translated_answer_names_the_alias() -> None:
-    # Titan in another Bedrock account, asked for as `vectors`, falling over to Titan in
-    # the usual one: the fallback's translated answer names the alias the client asked
-    # by, as the primary's does (Bedrock names no model: providers.md).
-    raw = yaml.safe_load(DEFAULT)
-    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
-    europe = {"region": "eu-west-1", "access_key_id": "AKIDEUROPE", "secret_access_key": "eu"}
-    raw["providers"].append({**bedrock, "name": "bedrock-eu", "aws": europe})
-    titan = "amazon.titan-embed-text-v2:0"
-    raw["models"].append(
-        {"name": "titan-main", "provider": "bedrock-eu", "upstream_model": titan,
-         "kind": "embeddings", "aliases": ["vectors"], "fallbacks": [titan]}
-    )  # fmt: skip
-    cfg = parse_config(yaml.safe_dump(raw), "test", {})
-    services = services_with(Balancer())
-    _, body = await admitted(cfg, services, "/v1/embeddings", {"model": "vectors", "input": "x"})
-    async with running(cfg, services) as runtime:
-        ctx, _, stage = failover_attempt(runtime, "mock-bedrock", "/v1/embeddings", body)
-    stage.response_headers(
-        ctx, PhaseOutput(), {":status": "200", "content-type": "application/json"}
-    )
-    vectors = PhaseOutput()
-    stage.response_body(
-        ctx, vectors, orjson.dumps({"embedding": [0.5], "inputTextTokenCount": 3}), True
-    )
-    assert vectors.body is not None
-    assert orjson.loads(vectors.body)["model"] == "vectors"
+    # Titan asked for as `vectors`: the fallback's translated answer names the alias the
+    # client asked by, as the primary's does (Bedrock names no model: providers.md).
+    assert await translated_fallback_answer_model("vectors", aliases=["vectors"]) == "vectors"

@@ -667,9 +667,12 @@ async def test_the_span_names_the_member_that_served() -> None:
     assert "aigw.group_member" not in span_attributes(answers)
 
 
-async def test_a_fallbacks_translated_answer_names_the_group() -> None:
-    # Titan in another Bedrock account, falling over to Titan in the usual one: the
-    # fallback's translated answer names what the client asked for, as the member's does.
+async def translated_fallback_answer_model(
+    asked: str, aliases: list[str] | None = None, group: str | None = None
+) -> str:
+    """The model a fallback's translated answer names: Titan in another Bedrock account
+    (with ``aliases``, in model group ``group``), asked for as ``asked``, falling over to
+    Titan in the usual one (Bedrock's answer names no model: the gateway writes it)."""
     raw = yaml.safe_load(DEFAULT)
     bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
     europe = {"region": "eu-west-1", "access_key_id": "AKIDEUROPE", "secret_access_key": "eu"}
@@ -677,12 +680,13 @@ async def test_a_fallbacks_translated_answer_names_the_group() -> None:
     titan = "amazon.titan-embed-text-v2:0"
     raw["models"].append(
         {"name": "titan-main", "provider": "bedrock-eu", "upstream_model": titan,
-         "kind": "embeddings", "fallbacks": [titan]}
+         "kind": "embeddings", "aliases": aliases or [], "fallbacks": [titan]}
     )  # fmt: skip
-    raw["model_groups"] = [{"name": "titan-pool", "members": [{"model": "titan-main"}]}]
+    if group is not None:
+        raw["model_groups"] = [{"name": group, "members": [{"model": "titan-main"}]}]
     cfg = parse_config(yaml.safe_dump(raw), "test", {})
     services = services_with(Balancer())
-    _, body = await admitted(cfg, services, "/v1/embeddings", {"model": "titan-pool", "input": "x"})
+    _, body = await admitted(cfg, services, "/v1/embeddings", {"model": asked, "input": "x"})
     async with running(cfg, services) as runtime:
         ctx, _, stage = failover_attempt(runtime, "mock-bedrock", "/v1/embeddings", body)
     stage.response_headers(
@@ -693,4 +697,10 @@ async def test_a_fallbacks_translated_answer_names_the_group() -> None:
         ctx, vectors, orjson.dumps({"embedding": [0.5], "inputTextTokenCount": 3}), True
     )
     assert vectors.body is not None
-    assert orjson.loads(vectors.body)["model"] == "titan-pool"
+    model: str = orjson.loads(vectors.body)["model"]
+    return model
+
+
+async def test_a_fallbacks_translated_answer_names_the_group() -> None:
+    # The fallback's translated answer names what the client asked for, as the member's does.
+    assert await translated_fallback_answer_model("titan-pool", group="titan-pool") == "titan-pool"
