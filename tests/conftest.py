@@ -13,6 +13,7 @@ import httpx._transports.default as httpx_transports
 from hypothesis import settings
 
 from extproc.store.embedded import FREE_PORTS_ENV
+from tests.rewrite_cache import write_rewrite_cache
 
 # `make test` runs several processes (pytest-xdist), each starting stacks whose ports it
 # picks before the processes bind them: each process (and the servers it starts, which
@@ -35,6 +36,8 @@ if _worker.removeprefix("gw").isdigit():
 # compileall writes whatever that variable says, and refreshes when a source changes).
 if not _worker:
     compileall.compile_dir(Path(__file__).parents[1] / "extproc", quiet=1)
+    # Likewise the test modules' rewritten asserts (tests/rewrite_cache.py).
+    write_rewrite_cache(Path(__file__).parent)
 
 # No property test may fail for being slow: a shared two-core machine under the whole
 # suite's load runs an example past Hypothesis's 200 ms deadline now and then, and how
