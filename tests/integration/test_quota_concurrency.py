@@ -24,6 +24,7 @@ REQUEST_LIMIT = 50
 TOKEN_BUDGET = 1500
 # The mock counts 2 more prompt tokens than the gateway's estimate for this prompt.
 PROMPT_ESTIMATE_ERROR = 2
+STORE_WAIT_MS = 4000
 RULES = f"""
 quotas:
   rules:
@@ -39,6 +40,11 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     valkey.start()
     workdir = tmp_path_factory.mktemp("replicas")
     config = config_with_keys(workdir, KEYS, RULES)
+    # The burst loads the machine (three gateways, 50 clients): a store answer past the
+    # default 500 ms wait failed a request closed (503), which is the outage tests' to
+    # check; here every request must reach the store, however slowly.
+    text = config.read_text()
+    config.write_text(text.replace("store:\n", f"store:\n  timeout_ms: {STORE_WAIT_MS}\n", 1))
     try:
         with running_stack(
             workdir,
