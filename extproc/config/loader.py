@@ -218,6 +218,8 @@ def _shortened(path: str) -> str:
 
 
 def _substitute(text: str, environ: Mapping[str, str], path: str, problems: list[str]) -> str:
+    if "$" not in text:
+        return text  # no reference, no escape: nearly every scalar of a config
     lenient = _TEXT_FIELD.match(path) is not None
     template = _TEMPLATE_FIELD.match(path) is not None
     expansion = _Expansion(
@@ -276,11 +278,23 @@ class _Expansion:
             elif in_default and text[self._at] == "}":
                 return "".join(parts)
             else:
-                parts.append(text[self._at])
-                self._at += 1
+                # Plain text up to the next character that may open or close something.
+                stop = self._next_special(in_default)
+                parts.append(text[self._at : stop])
+                self._at = stop
         if default_of is not None:
             raise self._bad(default_of)  # the reference whose default was never closed
         return "".join(parts)
+
+    def _next_special(self, in_default: bool) -> int:
+        """Where the next ``$`` (or, in a default, ``}``) after the cursor is; the end if
+        none is: the cursor's own character is taken as text."""
+        text, after = self._text, self._at + 1
+        ends = [text.find("$", after)]
+        if in_default:
+            ends.append(text.find("}", after))
+        found = [end for end in ends if end >= 0]
+        return min(found) if found else len(text)
 
     def _reference_or_text(self, *, used: bool) -> str:
         """The reference at the cursor; in a text field, its ``$`` as text when it is none."""
