@@ -6,16 +6,19 @@ milliseconds and writes the lines. The deque, not a ``queue.Queue``: an append
 takes no lock and wakes no thread, so the event loop does not hand the GIL to a
 writer once per request (the profile showed the queue's lock release among the
 costliest calls of a request); a writer wakes on its own clock and takes
-whatever piled up. So a slow disk, a full pipe (a log shipper that stopped
-reading stdout) or a file rotation never holds up a request, and one stuck sink
-never holds up the other: the file, often the audit copy, keeps being written
-while stdout is stuck. If a sink stays stuck long enough for its queue to fill
-(``queue_size`` lines, or ``max_queued_bytes``: lines with prompt and completion
-text can be a megabyte each), new lines are dropped for that sink and counted
-(``dropped``) instead of growing memory without bound or stalling the gateway;
-usage itself is never lost that way, because quotas and the usage rollups do
-not depend on the log. Lines lost either way, dropped or refused by a failing
-write (a closed pipe, a full disk), are handed to ``on_lost`` (the metric
+whatever piled up. A writer that found nothing to write sleeps until a line
+comes (the line that finds it asleep wakes it, at most once a drain interval):
+one waking every 10 ms on an idle gateway cost 2% of a core. So a slow disk, a
+full pipe (a log shipper that stopped reading stdout) or a file rotation never
+holds up a request, and one stuck sink never holds up the other: the file,
+often the audit copy, keeps being written while stdout is stuck. If a sink
+stays stuck long enough for its queue to fill (``queue_size`` lines, or
+``max_queued_bytes``: lines with prompt and completion text can be a megabyte
+each), new lines are dropped for that sink and counted (``dropped``) instead of
+growing memory without bound or stalling the gateway; usage itself is never
+lost that way, because quotas and the usage rollups do not depend on the log.
+Lines lost either way, dropped or refused by a failing write (a closed pipe, a
+full disk), are handed to ``on_lost`` (the metric
 ``aigw_request_log_lost_lines_total``) and said on stderr at the first loss of
 each kind and every 1000th.
 
@@ -257,6 +260,9 @@ class _SinkWriter:
         self._bytes_in = 0
         self._bytes_out = 0
         self._stopping = threading.Event()
+        # Set by a submit that finds the writer asleep on an empty queue (``_asleep``).
+        self._wake = threading.Event()
+        self._asleep = False
         # Lines refused because the queue was full (counted on the submitting thread).
         self.dropped = 0
         # Lines the sink failed to take (counted on the writer thread).
@@ -280,6 +286,11 @@ class _SinkWriter:
         if len(self._lines) < self._queue_size and self.queued_bytes + size <= self._max_bytes:
             self._bytes_in += size
             self._lines.append(line)
+            if self._asleep:
+                # After the append: a writer that falls asleep sees the line, or is
+                # woken for it (_run).
+                self._asleep = False
+                self._wake.set()
             return
         self.dropped += 1
         if self._on_lost is not None:
@@ -292,12 +303,15 @@ class _SinkWriter:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
 
     def join(self, timeout_s: float) -> None:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
         while True:
+            if not self._lines:
+                self._sleep_until_a_line()
             stopping = self._stopping.wait(DRAIN_INTERVAL_S)
             queued = self._lines
             while queued:
@@ -311,6 +325,18 @@ class _SinkWriter:
                 self.written += len(batch)
             if stopping:
                 return
+
+    def _sleep_until_a_line(self) -> None:
+        """Wait, using no CPU, for a submit (or stop) to wake this writer. Asleep is
+        said before the queue is looked at again: a line appended before that look is
+        seen, one appended after it finds the writer asleep and wakes it."""
+        self._wake.clear()
+        self._asleep = True
+        if self._lines or self._stopping.is_set():
+            self._asleep = False
+            return
+        self._wake.wait()
+        self._asleep = False
 
     def _count_failed(self, failed: int) -> None:
         before = self.failed

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +373,45 @@ def test_stdout_lines_go_out_whole_and_a_write_never_exceeds_what_a_pipe_keeps_w
         assert sent.endswith(b"\n")
         assert len(sent) <= ATOMIC_WRITE_BYTES or sent.count(b"\n") == 1
     assert writer.written == len(lines) and writer.failed == 0
+
+
+def _writer_threads() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name.startswith("aigw-request")}
+
+
+def _wakeups(thread: threading.Thread) -> int:
+    """How many times ``thread`` has gone to sleep and woken so far (the kernel's count
+    of its voluntary context switches)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def _poll(probe: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not probe() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return probe()
+
+
+def test_an_idle_writer_sleeps_and_the_next_line_still_goes_out() -> None:
+    """With no line to write, the writer thread sleeps until one comes (one that woke
+    every 10 ms cost an idle gateway 2% of a core); the line that comes is written
+    without a close, and a close ends a sleeping writer."""
+    stdout = _RecordingStdout()
+    others = _writer_threads()
+    writer = LineWriter(stdout=stdout)
+    (thread,) = _writer_threads() - others
+    writer.submit(b'{"n": 1}\n')
+    assert _poll(lambda: writer.written == 1)
+    time.sleep(0.1)  # the writer finds its queue empty and falls asleep
+    before = _wakeups(thread)
+    time.sleep(0.5)  # 50 drain intervals
+    assert _wakeups(thread) - before <= 2
+    writer.submit(b'{"n": 2}\n')
+    assert _poll(lambda: writer.written == 2)
+    assert b"".join(stdout.sent) == b'{"n": 1}\n{"n": 2}\n'
+    writer.close()
+    assert not thread.is_alive()
 
 
 class _FailingStdout(io.BytesIO):
