@@ -36,9 +36,12 @@ run: $(STAMP)
 ## The whole suite: lint, types, unit and integration tests, on three processes (each
 ## test file stays whole on one, so a module's stack starts once). On two cores two
 ## processes kept them 1.5 busy: the tests wait on timers and sockets, and a third
-## process runs while they do. `make unit` and `make integration` run one process.
+## process runs while they do. Files are handed out in the order collected, the
+## integration tests (few tests a file, seconds each) first: xdist's default, most
+## tests first, left them for the end, where one long file ran on while the other
+## processes had nothing left. `make unit` and `make integration` run one process.
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest -n 3 --dist loadfile
+	$(BIN)/python -m pytest -n 3 --dist loadfile --no-loadscope-reorder
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
