@@ -26,6 +26,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack, Ports
+from tests.integration.forked import ForkedStack
 from tests.integration.otlp_receiver import OtlpReceiver, otlp_receiver
 from tests.integration.valkey_cluster import ValkeyCluster
 
@@ -55,10 +56,12 @@ def running_stack(
     extra_env: dict[str, str] | None = None,
     gateways: int = 1,
     workers: int = 1,
-    stack_type: type[LocalStack] = LocalStack,
+    stack_type: type[LocalStack] = ForkedStack,
 ) -> Iterator[LocalStack]:
     """A whole stack on free ports, stopped on exit; ``stack_type``: a LocalStack that
-    starts its processes its own way (a gateway at DEBUG, say)."""
+    starts its processes its own way (a gateway at DEBUG, say). By default its gateways
+    and mock are forked from a process that imported the package once
+    (tests/integration/forked.py)."""
     running = stack_type(
         workdir=workdir,
         ports=Ports.free(),
