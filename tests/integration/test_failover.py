@@ -26,6 +26,7 @@ from tests.integration.conftest import (
     mock_requests,
     running_stack,
     scrape,
+    wait_for,
 )
 
 REPLY = "Mock reply to: fail over please"
@@ -100,13 +101,22 @@ def failover_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSt
     config.write_text(text)
     try:
         with running_stack(workdir, config) as running:
-            # It answers by now (the stack took longer to start); gone, its port was taken.
-            assert flaky.poll() is None, "the failing mock provider could not start"
+            # A stack can be up before this mock (its gateway and mock are forked from a
+            # process that imported them; this one imports on its own): wait for it.
+            answers = wait_for(lambda: flaky.poll() is not None or _answers(flaky_port), 30.0)
+            assert answers and flaky.poll() is None, "the failing mock provider could not start"
             yield running
     finally:
         flaky.terminate()
         flaky.wait(10)
         hole.close()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/_mock/health").status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def client(stack: LocalStack) -> OpenAI:

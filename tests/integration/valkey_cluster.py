@@ -336,10 +336,12 @@ class ReplyCutter:
 STORE_TIMEOUT_S = 0.5
 
 
-async def as_the_gateway_waits(reservation: Awaitable[Any]) -> Any:
+async def as_the_gateway_waits(
+    reservation: Awaitable[Any], timeout_s: float = STORE_TIMEOUT_S
+) -> Any:
     """A reservation as the quota stage waits for it: the store timeout, any error an answer."""
     try:
-        async with asyncio.timeout(STORE_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             return await reservation
     except Exception as error:
         return error
