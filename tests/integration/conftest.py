@@ -26,7 +26,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack, Ports
-from tests.integration.forked import ForkedStack
+from tests.integration.forked import ForkedStack, run_extproc, run_extproc_text
 from tests.integration.otlp_receiver import OtlpReceiver, otlp_receiver
 from tests.integration.valkey_cluster import ValkeyCluster
 
@@ -184,8 +184,7 @@ def run_cli(stack: LocalStack, *args: str, admin_token: str) -> subprocess.Compl
     """`extproc <args> --config <the stack's config>` as an operator runs it, with
     ``admin_token`` in AIGW_ADMIN_TOKEN; the caller checks the exit code."""
     argv = [sys.executable, "-m", "extproc", *args, "--config", str(stack.config_path)]
-    env = {**stack.env, "AIGW_ADMIN_TOKEN": admin_token}
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    return run_extproc_text(argv, {**stack.env, "AIGW_ADMIN_TOKEN": admin_token})
 
 
 def default_config() -> dict[str, Any]:
@@ -383,11 +382,12 @@ def every_log_line_matches_the_schema() -> Iterator[None]:
 def usage_rows(stack: LocalStack, by: str) -> dict[str, dict[str, Any]]:
     """`extproc usage report --by <by>` as the operator runs it, keyed by that dimension."""
     dimension = {"api_key": "api_key_id", "user": "user_id", "group": "group_id"}.get(by, by)
-    result = subprocess.run(
+    result = run_extproc(
         [sys.executable, "-m", "extproc", "usage", "report", "--by", by, "--format", "json",
          "--config", str(stack.config_path)],
-        env=stack.env, capture_output=True, check=True,
+        stack.env,
     )  # fmt: skip
+    result.check_returncode()
     rows: list[dict[str, Any]] = orjson.loads(result.stdout)["rows"]
     return {row[dimension]: row for row in rows}
 

@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     wait_for,
     worker_streams,
 )
+from tests.integration.forked import run_extproc_text
 from tests.integration.jwt_tokens import ISSUER, JwksServer, SigningKey
 
 ADMIN_TOKEN = "auth-freshness-admin-token"
@@ -70,7 +71,7 @@ def keys_cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
     """`extproc keys ...` as an operator runs it."""
     argv = [sys.executable, "-m", "extproc", "keys", *args, "--config", str(stack.config_path)]
     env = {**stack.env, "AIGW_ADMIN_TOKEN": ADMIN_TOKEN}
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    return run_extproc_text(argv, env)
 
 
 def chat(stack: LocalStack, credential: str) -> httpx.Response:

@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     running_stack,
     wait_for,
 )
+from tests.integration.forked import run_extproc_text
 
 ADMIN_TOKEN = "keys-cli-test-admin-token"
 MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "who am I?"}]
@@ -132,9 +133,7 @@ def test_the_admin_token_comes_from_a_file_and_one_on_the_command_line_is_warned
     env = {name: value for name, value in keys_stack.env.items() if name != "AIGW_ADMIN_TOKEN"}
 
     def run(*more: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*argv, *more], env=env, capture_output=True, text=True, timeout=60, check=False
-        )
+        return run_extproc_text([*argv, *more], env)
 
     from_file = run("--token-file", str(token_file))
     assert (from_file.returncode, from_file.stderr) == (0, "")

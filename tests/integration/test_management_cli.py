@@ -19,6 +19,7 @@ import pytest
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from tests.integration.conftest import REFUSED_PORT, running_stack, wait_for
+from tests.integration.forked import run_extproc_text
 
 ADMIN_TOKEN = "cli-test-admin-token"
 # A finance job's token: usage reports, nothing else.
@@ -57,7 +58,7 @@ def quota(
     if token is not None:
         argv += ["--token", token]
     env = {name: value for name, value in stack.env.items() if name != "AIGW_ADMIN_TOKEN"}
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    return run_extproc_text(argv, env)
 
 
 def team1_limit(stack: LocalStack, *args: str) -> dict[str, Any]:
@@ -146,7 +147,7 @@ def test_a_token_scoped_to_usage_reports_reads_them_and_changes_nothing(
     argv = [sys.executable, "-m", "extproc", "usage", "report", "--api", "--by", "api_key",
             "--format", "json", "--config", str(managed_stack.config_path)]  # fmt: skip
     env = {**managed_stack.env, "AIGW_ADMIN_TOKEN": FINANCE_TOKEN}
-    report = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    report = run_extproc_text(argv, env)
     assert report.returncode == 0, report.stderr
     assert "rows" in orjson.loads(report.stdout)
 

@@ -28,6 +28,7 @@ import pytest
 from extproc.devstack import DEFAULT_CONFIG, LocalStack, free_port
 from extproc.store.connection import connect
 from tests.integration.conftest import running_stack, wait_for
+from tests.integration.forked import run_extproc_text
 from tests.integration.test_store_outage import OwnValkey
 
 ADMIN_TOKEN = "mgmt-review-admin-token-5b7d9f1c"
@@ -76,9 +77,7 @@ def extproc(
     """`extproc <args>` as an operator runs it: the token from AIGW_ADMIN_TOKEN."""
     argv = [sys.executable, "-m", "extproc", *args, "--config", str(stack.config_path)]
     environment = {**stack.env, "AIGW_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
-    return subprocess.run(
-        argv, env=environment, capture_output=True, text=True, timeout=60, check=False
-    )
+    return run_extproc_text(argv, environment)
 
 
 def audit_lines(stack: LocalStack) -> list[dict[str, Any]]:

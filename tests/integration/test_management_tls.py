@@ -19,6 +19,7 @@ import pytest
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from tests.integration.certificates import Authority
 from tests.integration.conftest import running_stack
+from tests.integration.forked import run_extproc_text
 
 ADMIN_TOKEN = "integration-tls-admin-token"
 RULE = """
@@ -52,9 +53,7 @@ def quota(config: Path, *args: str, env: dict[str, str]) -> subprocess.Completed
     argv = [sys.executable, "-m", "extproc", "quota", *args, "--kind", "api_key",
             "--subject", "team1", "--config", str(config), "--format", "json"]  # fmt: skip
     environment = {**env, "AIGW_ADMIN_TOKEN": ADMIN_TOKEN}
-    return subprocess.run(
-        argv, env=environment, capture_output=True, text=True, timeout=60, check=False
-    )
+    return run_extproc_text(argv, environment)
 
 
 def test_the_cli_reads_and_changes_quotas_over_mutual_tls(tls_stack: LocalStack) -> None:

@@ -10,7 +10,6 @@ replica serves it.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from openai import OpenAI, RateLimitError
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from extproc.stages.quota import openai_duration
 from tests.integration.conftest import metric, running_stack, scrape, wait_for
+from tests.integration.forked import run_extproc_text
 from tests.integration.test_store_outage import OwnValkey
 
 ADMIN_TOKEN = "quota-review-admin-token"
@@ -146,7 +146,7 @@ def quota(stack: LocalStack, *args: str) -> dict[str, Any]:
     """`extproc quota ... --format json` as an operator runs it."""
     argv = [sys.executable, "-m", "extproc", "quota", *args, "--config", str(stack.config_path),
             "--token", ADMIN_TOKEN, "--format", "json"]  # fmt: skip
-    done = subprocess.run(argv, env=stack.env, capture_output=True, text=True, timeout=60)
+    done = run_extproc_text(argv, stack.env)
     assert done.returncode == 0, done.stderr
     state: dict[str, Any] = orjson.loads(done.stdout)
     return state

@@ -12,7 +12,6 @@ override, as docs/quotas.md says.
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +30,7 @@ from tests.integration.conftest import (
     scrape,
     wait_for,
 )
+from tests.integration.forked import run_extproc_text
 
 ADMIN_TOKEN = "quota-review3-admin-token"
 KEYS = {
@@ -200,7 +200,7 @@ def quota(stack: LocalStack, *args: str) -> dict[str, dict[str, Any]]:
     """`extproc quota ... --format json`: the subject's limits by rule."""
     argv = [sys.executable, "-m", "extproc", "quota", *args, "--config", str(stack.config_path),
             "--token", ADMIN_TOKEN, "--format", "json"]  # fmt: skip
-    done = subprocess.run(argv, env=stack.env, capture_output=True, text=True, timeout=60)
+    done = run_extproc_text(argv, stack.env)
     assert done.returncode == 0, done.stderr
     return {limit["rule"]: limit for limit in orjson.loads(done.stdout)["limits"]}
 

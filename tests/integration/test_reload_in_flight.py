@@ -17,7 +17,6 @@ fallback the request was admitted with (the chain travels in its body).
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from tests.integration.conftest import (
     usage_rows,
     wait_for,
 )
+from tests.integration.forked import run_extproc_text
 from tests.integration.test_failover import BlackHole
 from tests.integration.test_workers import worker_streams
 
@@ -228,7 +228,7 @@ def quota_used(stack: LocalStack, key: str) -> int:
     argv = [sys.executable, "-m", "extproc", "quota", "get", "--kind", "api_key",
             "--subject", key, "--config", str(stack.config_path), "--token", ADMIN_TOKEN,
             "--format", "json"]  # fmt: skip
-    done = subprocess.run(argv, env=stack.env, capture_output=True, text=True, timeout=60)
+    done = run_extproc_text(argv, stack.env)
     assert done.returncode == 0, done.stderr
     [limit] = orjson.loads(done.stdout)["limits"]
     assert limit["rule"] == "daily-budget"

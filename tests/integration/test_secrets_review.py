@@ -46,6 +46,7 @@ from tests.integration.conftest import (
     running_stack,
     wait_for,
 )
+from tests.integration.forked import run_extproc_text
 from tests.integration.otlp_receiver import OtlpReceiver
 from tests.integration.test_secrets import scanned_stack_env, with_prompt_span_export
 
@@ -539,10 +540,8 @@ def test_check_config_never_echoes_a_secret_from_a_broken_line(
     for index, text in enumerate(broken):
         path = tmp_path / f"broken{index}.yaml"
         path.write_text(text)
-        done = subprocess.run(
-            [sys.executable, "-m", "extproc", "check-config", "--config", str(path)],
-            env=stack.env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        argv = [sys.executable, "-m", "extproc", "check-config", "--config", str(path)]
+        done = run_extproc_text(argv, stack.env)
         assert done.returncode != 0, text
         assert "invalid config" in done.stdout + done.stderr
         SHOWN.extend((done.stdout, done.stderr))
