@@ -322,6 +322,14 @@ def metric(samples: dict[Any, float], name: str, **labels: str) -> float:
     )
 
 
+def mock_answers(url: str) -> bool:
+    """Whether the mock provider at ``url`` (``http://host:port``) answers yet."""
+    try:
+        return httpx.get(f"{url}/_mock/health").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def mock_requests(stack: LocalStack) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = httpx.get(f"{stack.mock_url}/_mock/requests").json()
     return result

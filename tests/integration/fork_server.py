@@ -23,7 +23,6 @@ import gc
 import importlib.util
 import os
 import selectors
-import signal
 import socket
 import sys
 import types
@@ -106,7 +105,6 @@ def _send(conn: socket.socket, line: str) -> None:
 def run_child(request: dict[str, Any]) -> None:
     """Become ``python -m extproc <argv>`` as Popen(start_new_session=True) starts it."""
     os.setsid()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     stdin = os.open(os.devnull, os.O_RDONLY)
     stdout = os.open(request["stdout"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     stderr = os.open(request["stderr"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -23,6 +23,7 @@ from tests.integration.conftest import (
     REFUSED_PORT,
     GatewayLog,
     metric,
+    mock_answers,
     mock_requests,
     running_stack,
     scrape,
@@ -103,20 +104,14 @@ def failover_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSt
         with running_stack(workdir, config) as running:
             # A stack can be up before this mock (its gateway and mock are forked from a
             # process that imported them; this one imports on its own): wait for it.
-            answers = wait_for(lambda: flaky.poll() is not None or _answers(flaky_port), 30.0)
+            flaky_url = f"http://127.0.0.1:{flaky_port}"
+            answers = wait_for(lambda: flaky.poll() is not None or mock_answers(flaky_url), 30)
             assert answers and flaky.poll() is None, "the failing mock provider could not start"
             yield running
     finally:
         flaky.terminate()
         flaky.wait(10)
         hole.close()
-
-
-def _answers(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/_mock/health").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def client(stack: LocalStack) -> OpenAI:

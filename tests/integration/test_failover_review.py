@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     REFUSED_PORT,
     GatewayLog,
     metric,
+    mock_answers,
     mock_requests,
     running_stack,
     scrape,
@@ -70,15 +71,8 @@ def start_faulty(fault: str) -> Faulty:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     faulty = Faulty(port, process)
-    wait_for(lambda: _answers(faulty.url), 15.0)
+    wait_for(lambda: mock_answers(faulty.url), 15.0)
     return faulty
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/_mock/health").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @dataclass
